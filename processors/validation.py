@@ -1,0 +1,121 @@
+"""Validation of raw event bytes against the event contract (schemas/events.py).
+
+A raw message becomes either a canonical event (a dict: the original fields plus
+``occurred_at_ms`` and ``received_at_ms``) or a Rejection with a reason code. Plain
+dicts, not model objects: this runs once per event on the hot path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from schemas.events import (
+    EVENT_TYPES,
+    MAX_EVENT_BYTES,
+    MAX_STRING_LENGTH,
+    OPTIONAL_STRING_FIELDS,
+    REQUIRED_FIELDS,
+)
+
+MIN_OCCURRED_AT_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+MAX_FUTURE_MS = 86_400_000  # an event may be at most one day ahead of its receipt
+
+
+class Reason(StrEnum):
+    TOO_LARGE = "too_large"
+    NOT_UTF8 = "not_utf8"
+    NOT_JSON = "not_json"
+    NOT_OBJECT = "not_object"
+    UNKNOWN_TYPE = "unknown_type"
+    MISSING_FIELD = "missing_field"
+    BAD_FIELD = "bad_field"
+    BAD_TIMESTAMP = "bad_timestamp"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: Reason
+    message: str
+
+
+Event = dict[str, Any]
+
+
+def parse_timestamp_ms(value: object) -> int | None:
+    """Epoch milliseconds from an ISO-8601 string with a zone, or from integer ms."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            return None
+        return int(parsed.timestamp() * 1000)
+    return None
+
+
+def _decode(raw: bytes) -> Any | Rejection:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as utf8_error:
+            return Rejection(Reason.NOT_UTF8, f"payload is not UTF-8: {utf8_error}")
+        return Rejection(Reason.NOT_JSON, f"payload is not JSON: {exc}")
+
+
+def _check_fields(data: dict[str, Any], received_at_ms: int) -> Rejection | int:
+    """Returns the event time in ms, or why the fields are wrong."""
+    for name in REQUIRED_FIELDS:
+        value = data.get(name)
+        if value is None or value == "":
+            return Rejection(Reason.MISSING_FIELD, f"missing required field {name!r}")
+    event_type = data["type"]
+    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
+        return Rejection(Reason.UNKNOWN_TYPE, f"unknown event type {event_type!r}")
+    for name in EVENT_TYPES[event_type].required:
+        value = data.get(name)
+        if value is None or value == "":
+            return Rejection(Reason.MISSING_FIELD, f"{event_type} requires field {name!r}")
+    for name in ("event_id", "source", *OPTIONAL_STRING_FIELDS):
+        value = data.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > MAX_STRING_LENGTH):
+            return Rejection(Reason.BAD_FIELD, f"field {name!r} must be a string of at most {MAX_STRING_LENGTH} characters")
+    properties = data.get("properties")
+    if properties is not None and not isinstance(properties, dict):
+        return Rejection(Reason.BAD_FIELD, "field 'properties' must be an object")
+    occurred_at_ms = parse_timestamp_ms(data["occurred_at"])
+    if occurred_at_ms is None:
+        return Rejection(Reason.BAD_TIMESTAMP, "occurred_at must be ISO-8601 with a time zone, or epoch milliseconds")
+    if occurred_at_ms < MIN_OCCURRED_AT_MS:
+        return Rejection(Reason.BAD_TIMESTAMP, "occurred_at is before 2000-01-01")
+    if occurred_at_ms > received_at_ms + MAX_FUTURE_MS:
+        return Rejection(Reason.BAD_TIMESTAMP, "occurred_at is more than one day in the future")
+    return occurred_at_ms
+
+
+def validate_event(raw: bytes, received_at_ms: int) -> Event | Rejection:
+    """A canonical event from raw message bytes, or the reason it is not one."""
+    if len(raw) > MAX_EVENT_BYTES:
+        return Rejection(Reason.TOO_LARGE, f"payload of {len(raw)} bytes exceeds {MAX_EVENT_BYTES}")
+    data = _decode(raw)
+    if isinstance(data, Rejection):
+        return data
+    if not isinstance(data, dict):
+        return Rejection(Reason.NOT_OBJECT, f"payload is a JSON {type(data).__name__}, not an object")
+    checked = _check_fields(data, received_at_ms)
+    if isinstance(checked, Rejection):
+        return checked
+    data["occurred_at_ms"] = checked
+    data["received_at_ms"] = received_at_ms
+    return data

@@ -1,0 +1,200 @@
+"""The Faust app: topics, the account-state table, the two agents and the checkpoint.
+
+    raw topics --ingest--> events.by-account --score--> ClickHouse
+                 |  \--> dead-letters             \--> account-state table (changelog)
+                 \--> events.unresolved
+
+``ingest`` validates and routes raw messages; ``score`` folds events into per-account
+state. Both hand their consumed events to the one Checkpoint, which owns commits.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+import orjson
+from aiohttp.web import Response
+from clickhouse_connect.driver.client import Client
+
+from processors.accounts import fold_events
+from processors.routing import route_batch
+from processors.scoring import ScoringConfig
+from processors.stages import StageRules
+from schemas.events import TOPIC_BY_ACCOUNT, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, source_topics
+from streams.checkpoint import Checkpoint
+from streams.metrics import PipelineStats
+from streams.offsets import OffsetGuard
+from streams.rows import account_rows, event_row, transition_rows
+from streams.settings import Settings
+from streams.sink import ACCOUNT_COLUMNS, EVENT_COLUMNS, TRANSITION_COLUMNS, ClickHouseSink
+from streams.state import AccountStates
+
+log = logging.getLogger(__name__)
+
+EVENTS_PER_MESSAGE = 500  # keeps a forwarded message well under Kafka's 1 MB default
+NEVER_S = 365 * 86400.0
+
+
+@dataclass
+class Pipeline:
+    app: faust.App
+    checkpoint: Checkpoint
+    sink: ClickHouseSink
+    stats: PipelineStats
+
+
+def create_app(settings: Settings) -> faust.App:
+    return faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
+        store=settings.state_store,
+        datadir=str(settings.faust_dir),
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        # The checkpoint commits; Faust's timer- and count-driven commits stay off.
+        broker_commit_interval=NEVER_S,
+        broker_commit_every=2**62,
+        stream_wait_empty=False,
+        # Fewer, larger hand-offs between the fetcher and the agents.
+        broker_max_poll_records=10_000,
+        stream_buffer_maxsize=65_536,
+        consumer_max_fetch_size=16 * 1024 * 1024,
+    )
+
+
+def build_pipeline(settings: Settings, client: Client, app: faust.App | None = None) -> Pipeline:
+    app = app or create_app(settings)
+    partitions = settings.topic_partitions
+    config = ScoringConfig(half_life_ms=settings.score_half_life_days * 86_400_000)
+    rules = StageRules()
+    stats = PipelineStats()
+
+    raw_topic = app.topic(*[settings.topic(name) for name in source_topics()], value_type=bytes)
+    by_account_topic = app.topic(settings.topic(TOPIC_BY_ACCOUNT), value_type=bytes, partitions=partitions)
+    dead_letters = settings.topic(TOPIC_DEAD_LETTERS)
+    unresolved = settings.topic(TOPIC_UNRESOLVED)
+    table = app.Table("account-state", partitions=partitions, key_serializer="raw", value_serializer="raw")
+
+    states = AccountStates(table, partitions, max_cached=settings.state_cache_accounts)
+    sink = ClickHouseSink(
+        client, {"events": EVENT_COLUMNS, "account_scores": ACCOUNT_COLUMNS, "stage_transitions": TRANSITION_COLUMNS}
+    )
+    checkpoint = Checkpoint(
+        app,
+        sink,
+        states,
+        OffsetGuard(app),
+        lambda s: account_rows(s.dirty_states(), int(time.time() * 1000), config, rules),
+        max_rows=settings.checkpoint_max_rows,
+        interval_s=settings.checkpoint_interval_s,
+    )
+    guard = checkpoint.guard
+    written_upto = _written_offsets(client)
+
+    @app.agent(raw_topic, name="ingest")
+    async def ingest(stream: faust.StreamT) -> None:
+        producer = app.producer
+        async for events in stream.noack_take(settings.batch_max_events, settings.batch_within_s):
+            async with checkpoint.lock:
+                fresh = guard.fresh(events)
+                stats.redelivered_skipped += len(events) - len(fresh)
+                routed = route_batch([e.message.value for e in fresh], int(time.time() * 1000), partitions)
+                for index, rejection in routed.rejected:
+                    message = fresh[index].message
+                    await producer.send(dead_letters, message.key, message.value, None, None, _reason_headers(message, rejection))
+                    stats.invalid_by_reason[rejection.reason] = stats.invalid_by_reason.get(rejection.reason, 0) + 1
+                for index, event in routed.unresolved:
+                    await producer.send(unresolved, fresh[index].message.key, orjson.dumps(event), None, None, None)
+                for partition, bucket in routed.by_partition.items():
+                    for start in range(0, len(bucket), EVENTS_PER_MESSAGE):
+                        chunk = orjson.dumps(bucket[start : start + EVENTS_PER_MESSAGE])
+                        await producer.send(by_account_topic.get_topic_name(), None, chunk, partition, None, None)
+                    stats.forwarded += len(bucket)
+                stats.raw_in += len(fresh)
+                stats.unresolved += len(routed.unresolved)
+                stats.add_counts(stats.valid_by_type, routed.valid_by_type)
+                checkpoint.track(fresh)
+                await checkpoint.commit_if_due()
+
+    @app.agent(by_account_topic, name="score")
+    async def score(stream: faust.StreamT) -> None:
+        async for events in stream.noack_take(settings.batch_max_events, settings.batch_within_s):
+            async with checkpoint.lock:
+                fresh = guard.fresh(events)
+                stats.redelivered_skipped += len(events) - len(fresh)
+                positioned = []
+                for faust_event in fresh:
+                    message = faust_event.message
+                    for index, event in enumerate(orjson.loads(message.value)):
+                        event["_src"] = (message.partition, message.offset, index)
+                        positioned.append(((message.offset, index), event))
+                applied, transitions = fold_events(positioned, states.state_for, config, rules)
+                sink.add(
+                    "events",
+                    [
+                        event_row(event, *event["_src"])
+                        for event in applied
+                        if event["_src"][1] > written_upto.get(event["_src"][0], -1)
+                    ],
+                )
+                sink.add("stage_transitions", transition_rows(transitions))
+                stats.applied += len(applied)
+                stats.transitions += len(transitions)
+                checkpoint.track(fresh)
+                await checkpoint.commit_if_due()
+
+    @app.timer(settings.checkpoint_interval_s)
+    async def checkpoint_when_idle() -> None:
+        async with checkpoint.lock:
+            await checkpoint.commit_if_due()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(_app: Any, *, revoked: set[Any], **_: Any) -> None:
+        async with checkpoint.lock:
+            checkpoint.abandon()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(_app: Any, *, assigned: set[Any], **_: Any) -> None:
+        async with checkpoint.lock:
+            written_upto.clear()
+            written_upto.update(_written_offsets(client))
+
+    @app.page("/abm/status")
+    async def status(_web: Any, _request: Any) -> Response:
+        body = {
+            "stats": stats.as_dict(),
+            "sink": {"rows_written": sink.stats.rows_written, "inserts": sink.stats.inserts, "failures": sink.stats.failures, "failing": sink.failing},
+            "checkpoint": {"commits": checkpoint.commits, "last_commit_at": checkpoint.last_commit_at, "pending_events": checkpoint.pending_events},
+        }
+        return Response(body=orjson.dumps(body), content_type="application/json")
+
+    return Pipeline(app, checkpoint, sink, stats)
+
+
+def _reason_headers(message: Any, rejection: Any) -> list[tuple[str, bytes]]:
+    return [
+        ("abm.reason", rejection.reason.value.encode()),
+        ("abm.message", rejection.message.encode()),
+        ("abm.topic", message.topic.encode()),
+        ("abm.partition", str(message.partition).encode()),
+        ("abm.offset", str(message.offset).encode()),
+    ]
+
+
+def _written_offsets(client: Client) -> dict[int, int]:
+    """Highest by-account offset per partition whose events are already in ClickHouse.
+
+    Rows are inserted before offsets are committed, so after a crash some redelivered
+    events may already be stored: these are not inserted twice.
+    """
+    rows = client.query("SELECT src_partition, max(src_offset) FROM events GROUP BY src_partition").result_rows
+    return {int(partition): int(offset) for partition, offset in rows}

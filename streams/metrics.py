@@ -1,0 +1,25 @@
+"""Counters the worker keeps about itself, served as JSON at /abm/status."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    raw_in: int = 0
+    valid_by_type: dict[str, int] = field(default_factory=dict)
+    invalid_by_reason: dict[str, int] = field(default_factory=dict)
+    unresolved: int = 0
+    forwarded: int = 0
+    redelivered_skipped: int = 0
+    applied: int = 0
+    transitions: int = 0
+
+    def add_counts(self, target: dict[str, int], counts: dict[str, int]) -> None:
+        for key, n in counts.items():
+            target[key] = target.get(key, 0) + n
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,74 @@
+"""The one typed settings object, read from environment variables (12-factor).
+
+Every knob of the system lives here; nothing else reads os.environ for configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ABM_", frozen=True, extra="ignore")
+
+    # Kafka
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    topic_prefix: str = Field("abm", description="prefix of every topic name")
+    topic_partitions: int = Field(8, ge=1, description="partitions of topics the project creates")
+    topic_replication: int = Field(1, ge=1, description="replication factor of topics the project creates")
+
+    # Local broker (abm kafka ...)
+    kafka_port: int = Field(9092, ge=1, le=65535, description="port of the local broker")
+    kafka_version: str = Field("4.1.1", description="Apache Kafka version fetched from Maven Central")
+    kafka_cache_dir: Path = Field(
+        Path.home() / ".cache" / "abm-pulse" / "kafka",
+        description="where the Kafka jars are cached between runs",
+    )
+
+    # Storage
+    data_dir: Path = Field(Path(".abm"), description="root of local state: broker logs, chDB, Faust tables")
+    clickhouse_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("CLICKHOUSE_URL", "ABM_CLICKHOUSE_URL"),
+        description="http(s)://user:pass@host:port/db of a ClickHouse server; unset = embedded chDB",
+    )
+    state_store: str = Field("rocksdb://", description="Faust table store: rocksdb:// or memory://")
+
+    # Worker
+    app_id: str = Field("abm-pulse", description="Faust app id = consumer group")
+    web_host: str = Field("127.0.0.1", description="worker web server bind address")
+    web_port: int = Field(6066, ge=1, le=65535, description="worker web server port (/metrics, status)")
+    batch_max_events: int = Field(5000, ge=1, description="events taken from a stream per batch")
+    batch_within_s: float = Field(0.1, gt=0, description="longest wait to fill a batch")
+    checkpoint_max_rows: int = Field(20000, ge=1, description="checkpoint when this many rows are buffered")
+    state_cache_accounts: int = Field(200_000, ge=1, description="account states kept in memory between checkpoints")
+    checkpoint_interval_s: float = Field(1.0, gt=0, description="checkpoint at least this often")
+
+    # Scoring
+    score_half_life_days: float = Field(30.0, gt=0, description="half-life of an event's score contribution")
+
+    @property
+    def chdb_path(self) -> Path:
+        return (self.data_dir / "clickhouse").resolve()
+
+    @property
+    def faust_dir(self) -> Path:
+        return (self.data_dir / "faust").resolve()
+
+    @property
+    def kafka_dir(self) -> Path:
+        return (self.data_dir / "kafka").resolve()
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}.{name}"
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        return self.clickhouse_url or f"chdb://{self.chdb_path}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,68 @@
+"""Per-account state: kept in memory while it changes, written to the Faust table (its
+store and changelog) once per checkpoint, never once per event."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from processors.identity import account_partition
+from processors.scoring import AccountState
+
+
+class AccountStates:
+    def __init__(self, table: Any, partitions: int, max_cached: int) -> None:
+        self._table = table
+        self._partitions = partitions
+        self._max_cached = max_cached
+        self._cache: dict[str, AccountState] = {}
+        self._dirty: set[str] = set()
+
+    def state_for(self, account_id: str) -> AccountState:
+        """The account's state, marked as changed (it is about to be)."""
+        state = self._cache.get(account_id)
+        if state is None:
+            raw = self._table.data.get(account_id.encode())
+            state = AccountState.from_bytes(raw) if raw is not None else AccountState(account_id)
+            self._cache[account_id] = state
+        self._dirty.add(account_id)
+        return state
+
+    def dirty_states(self) -> list[AccountState]:
+        return [self._cache[account_id] for account_id in self._dirty]
+
+    def write_changelogs(self) -> int:
+        """Write every changed state to the table's store and changelog topic."""
+        for account_id in self._dirty:
+            key = account_id.encode()
+            value = self._cache[account_id].to_bytes()
+            partition = account_partition(account_id, self._partitions)
+            _put_in_store(self._table, partition, key, value)
+            self._table.send_changelog(partition, key, value)
+        written = len(self._dirty)
+        self._dirty.clear()
+        self._evict_clean()
+        return written
+
+    def forget(self) -> None:
+        """Drop the in-memory copies: after a revocation the table is the truth again."""
+        self._cache.clear()
+        self._dirty.clear()
+
+    def _evict_clean(self) -> None:
+        # All entries are clean right after a checkpoint; drop the oldest-inserted.
+        excess = len(self._cache) - self._max_cached
+        if excess > 0:
+            for account_id in list(self._cache)[:excess]:
+                del self._cache[account_id]
+
+
+def _put_in_store(table: Any, partition: int, key: bytes, value: bytes) -> None:
+    # Faust's RocksDB store picks the partition's database from the current stream
+    # event; a checkpoint writes for many partitions at once, so it names the partition.
+    store = table.data
+    db_for_partition = getattr(store, "_db_for_partition", None)
+    if db_for_partition is None:
+        store[key] = value
+    else:
+        db_for_partition(partition).put(key, value)
+        store._key_index[key] = partition
