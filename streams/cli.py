@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from deploy.local.kafka import kafka_group
+from streams.settings import Settings
+from streams.simulator import simulate_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,4 +19,64 @@ def main() -> None:
     """
 
 
+@main.command()
+@click.option("--loglevel", default="info", show_default=True, help="worker log level")
+def worker(loglevel: str) -> None:
+    """Run the stream worker: validate, resolve, score and write to ClickHouse."""
+    from streams.worker import run_worker
+
+    run_worker(Settings(), loglevel)
+
+
+@main.command()
+def migrate() -> None:
+    """Apply the ClickHouse migrations that are not applied yet."""
+    from streams.store import apply_migrations, data_location, open_client
+
+    settings = Settings()
+    applied = apply_migrations(open_client(settings))
+    for migration in applied:
+        click.echo(f"applied {migration.version:03d}_{migration.name}")
+    click.echo(f"{len(applied)} migration(s) applied to {data_location(settings)}")
+
+
+@main.command()
+@click.argument("query")
+@click.option("--json", "as_json", is_flag=True, help="print the rows as a JSON array of objects")
+def sql(query: str, as_json: bool) -> None:
+    """Run a SQL query on the store and print the result (tab-separated, with a header).
+
+    With the embedded store, stop the worker first: a chDB directory belongs to one process.
+    """
+    import orjson
+
+    from streams.store import open_store
+
+    result = open_store(Settings()).query(query)
+    if as_json:
+        rows = [dict(zip(result.column_names, row)) for row in result.result_rows]
+        click.echo(orjson.dumps(rows, default=str).decode())
+        return
+    click.echo("\t".join(result.column_names))
+    for row in result.result_rows:
+        click.echo("\t".join(str(value) for value in row))
+
+
+@main.command()
+@click.option("--duration", default=20.0, show_default=True, help="seconds of simulated traffic")
+@click.option("--rate", default=3000.0, show_default=True, help="simulated events per second")
+@click.option("--accounts", default=300, show_default=True, help="simulated accounts")
+@click.option("--seed", default=42, show_default=True, help="simulation seed")
+def demo(duration: float, rate: float, accounts: int, seed: int) -> None:
+    """Start a broker, the worker and the simulator; then print the funnel from ClickHouse."""
+    from deploy.local.demo import run_demo
+
+    run_demo(Settings(), duration, rate, accounts, seed)
+
+
 main.add_command(kafka_group)
+main.add_command(simulate_command)
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    main()

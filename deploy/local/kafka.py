@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import signal
 import socket
@@ -51,8 +53,12 @@ def _require_tool(name: str, why: str) -> str:
     return path
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def _tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
-    return "\n".join(text.splitlines()[-lines:])
+    # Maven colours its output even with -B; escapes would garble our error messages.
+    return "\n".join(_ANSI_ESCAPE.sub("", text).splitlines()[-lines:])
 
 
 @contextlib.contextmanager
@@ -92,7 +98,7 @@ def ensure_kafka_jars(cache_dir: Path, version: str) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(libs, ignore_errors=True)
         cmd = [
-            mvn, "-B", "-q", "-f", str(pom),
+            mvn, "-B", "-q", "-Dstyle.color=never", "-f", str(pom),
             "dependency:copy-dependencies",
             f"-DoutputDirectory={staging}",
             "-DincludeScope=runtime",
@@ -164,6 +170,9 @@ def _pid_alive(pid: int) -> bool:
     stat = Path(f"/proc/{pid}/stat")
     with contextlib.suppress(OSError):
         if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            # It exited after the waitpid above: reap it now if it is ours.
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
             return False
     return True
 
@@ -205,6 +214,17 @@ async def _metadata_probe(host: str, port: int, timeout_s: float) -> str | None:
     if not response.brokers:
         return None
     return str(getattr(response, "cluster_id", "") or "")
+
+
+def _run_probe(host: str, port: int, timeout_s: float) -> str | None:
+    # start() is synchronous but may be called from async code (e.g. an async fixture),
+    # where asyncio.run() is not allowed: then probe on a private loop in a worker thread.
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_metadata_probe(host, port, timeout_s))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, _metadata_probe(host, port, timeout_s)).result()
 
 
 # --------------------------------------------------------------------------- broker
@@ -330,6 +350,9 @@ class LocalKafka:
             *jvm_args,
             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
             f"-Dkafka.logs.dir={self.log_dir}",
+            # Kafka keeps logging while it shuts down; without log4j's own shutdown hook
+            # those lines still reach server.log instead of stdout via SimpleLogger.
+            "-Dlog4j2.shutdownHookEnabled=false",
             "-cp",
             f"{libs}/*",  # the JVM expands the wildcard itself
             main_class,
@@ -392,7 +415,7 @@ class LocalKafka:
             # connection errors) once the listener is up.
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                cluster = asyncio.run(_metadata_probe("127.0.0.1", self.port, min(5.0, remaining)))
+                cluster = _run_probe("127.0.0.1", self.port, min(5.0, remaining))
             except Exception:  # noqa: BLE001 - refused, reset, timeout, protocol error: not yet
                 cluster = None
             if cluster is not None and (not expected or not cluster or cluster == expected):
@@ -400,11 +423,14 @@ class LocalKafka:
             time.sleep(0.2)
 
     def start(self, timeout: float = 90) -> None:
-        """Start the broker and wait until it answers a Metadata request; no-op if running."""
+        """Start the broker and wait until it answers a Metadata request; no-op if running.
+
+        `timeout` bounds the broker's start, not a first-time download of the jars.
+        """
         if self._running_pid() is not None:
             return
-        deadline = time.monotonic() + timeout
         libs = ensure_kafka_jars(self.cache_dir, self.version)
+        deadline = time.monotonic() + timeout
         for port in (self.port, self.controller_port):
             if _port_in_use(port):
                 raise KafkaError(f"port {port} on 127.0.0.1 is already in use")
@@ -434,7 +460,15 @@ class LocalKafka:
             if not self._wait_gone(pid, 10):
                 raise KafkaError(f"Kafka broker {pid} survived SIGKILL")
         self.pid_path.unlink(missing_ok=True)
-        self._process = None
+        self._forget_process()
+
+    def _forget_process(self) -> None:
+        # Let our Popen (if we spawned the broker) record the exit, even when another
+        # LocalKafka stopped it or _pid_alive reaped it; else Popen warns "still running".
+        if self._process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=1)
+            self._process = None
 
     def _wait_gone(self, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -449,6 +483,7 @@ class LocalKafka:
         pid = self._running_pid()
         if pid is None:
             self.pid_path.unlink(missing_ok=True)  # stale file of a dead broker
+            self._forget_process()
             return
         self._terminate(pid, timeout)
 

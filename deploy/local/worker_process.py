@@ -1,0 +1,114 @@
+"""Runs `abm worker` as a child process: for the demo, the integration tests and the bench."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from streams.lag import group_lag, total_lag
+from streams.settings import Settings
+
+
+@dataclass
+class WorkerProcess:
+    settings: Settings
+    log_path: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        env = dict(os.environ)
+        env.update(
+            ABM_KAFKA_BOOTSTRAP=s.kafka_bootstrap,
+            ABM_DATA_DIR=str(s.data_dir.resolve()),
+            ABM_WEB_PORT=str(s.web_port),
+            ABM_TOPIC_PREFIX=s.topic_prefix,
+            ABM_APP_ID=s.app_id,
+            ABM_STATE_STORE=s.state_store,
+        )
+        if s.clickhouse_url:
+            env["CLICKHOUSE_URL"] = s.clickhouse_url
+        env.update(self.extra_env)
+        return env
+
+    def start(self, ready_timeout_s: float = 120.0) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        deadline = time.monotonic() + ready_timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self._process.returncode}; log: {self.log_path}\n{self.log_tail()}")
+            if self.status() is not None:
+                return
+            time.sleep(0.3)
+        raise RuntimeError(f"worker not ready after {ready_timeout_s}s; log: {self.log_path}\n{self.log_tail()}")
+
+    def status(self) -> dict | None:
+        """The worker's /abm/status document, or None while it does not answer."""
+        url = f"http://127.0.0.1:{self.settings.web_port}/abm/status"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return orjson.loads(response.read())
+        except OSError:
+            return None
+
+    def lag(self) -> int:
+        from streams.worker import pipeline_topics
+
+        topics = [t for t in pipeline_topics(self.settings) if not t.endswith(("dead-letters", "unresolved"))]
+        return total_lag(asyncio.run(group_lag(self.settings.kafka_bootstrap, self.settings.app_id, topics)))
+
+    def wait_drained(self, timeout_s: float, poll_s: float = 0.5) -> float:
+        """Waits until the group has committed everything in its input topics; returns when."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._check_alive()
+            if self.lag() == 0:
+                return time.monotonic()
+            time.sleep(poll_s)
+        raise TimeoutError(f"worker still lagging after {timeout_s}s; log: {self.log_path}\n{self.log_tail()}")
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        """SIGTERM (final checkpoint, leave the group), SIGKILL if it hangs."""
+        if self._process is None or self._process.poll() is not None:
+            return None if self._process is None else self._process.returncode
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            return self._process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            return self._process.wait()
+
+    def kill(self) -> None:
+        """kill -9: no checkpoint, no goodbye."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+    def _check_alive(self) -> None:
+        if self._process is not None and self._process.poll() is not None:
+            raise RuntimeError(f"worker died with {self._process.returncode}; log: {self.log_path}\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""

@@ -1,0 +1,46 @@
+"""Consumer lag from the broker itself: committed offset vs. log-end offset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    topic: str
+    partition: int
+    committed: int  # -1 when the group has committed nothing yet
+    log_end: int
+
+    @property
+    def lag(self) -> int:
+        return self.log_end - max(self.committed, 0)
+
+
+async def group_lag(bootstrap: str, group: str, topics: list[str]) -> list[PartitionLag]:
+    """Lag of ``group`` on every partition of ``topics`` (partitions it never committed count in full)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await consumer.start()
+    await admin.start()
+    try:
+        await consumer.topics()  # loads metadata for every topic
+        committed = await admin.list_consumer_group_offsets(group)
+        partitions = [
+            TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        log_end = await consumer.end_offsets(partitions) if partitions else {}
+    finally:
+        await admin.close()
+        await consumer.stop()
+    return [
+        PartitionLag(tp.topic, tp.partition, committed[tp].offset if tp in committed else -1, log_end[tp])
+        for tp in partitions
+    ]
+
+
+def total_lag(lags: list[PartitionLag]) -> int:
+    return sum(item.lag for item in lags)

@@ -1,0 +1,32 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from deploy.local.kafka import LocalKafka, free_ports
+from streams.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real single-node Kafka broker for the whole session, on free ports.
+
+    Jars come from the Settings cache dir, so only the first run ever downloads them.
+    """
+    settings = Settings()
+    port, controller_port = free_ports(2)
+    kafka = LocalKafka(
+        data_dir=tmp_path_factory.mktemp("kafka"),
+        port=port,
+        controller_port=controller_port,
+        cache_dir=settings.kafka_cache_dir,
+        version=settings.kafka_version,
+    )
+    kafka.start()
+    try:
+        yield kafka.bootstrap
+    finally:
+        kafka.stop()

@@ -1,0 +1,107 @@
+"""The vertical slice end to end: real broker, real worker process, real ClickHouse engine."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import orjson
+import pytest
+
+from processors.scoring import DEFAULT_WEIGHTS
+from schemas.events import EVENT_TYPES, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED
+from tests.integration.support import consume_all, isolated_settings, produce, query, start_worker
+
+pytestmark = pytest.mark.integration
+
+HOUR_MS = 3_600_000
+HALF_LIFE_MS = 30 * 24 * HOUR_MS
+
+
+def iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+def make(n: int, kind: str, account: str | None, contact: str, at: int, **extra) -> dict:
+    event = {"event_id": f"e{n}", "type": kind, "occurred_at": iso(at), "source": "test", "contact_id": contact}
+    if account:
+        event["account_id"] = account
+    event.update({"campaign_id": "camp-1"} if kind.startswith("email") else {})
+    event.update({"url": "https://x.example/blog/1"} if kind in ("email_click", "page_view") else {})
+    event.update({"content_id": "webinar-1"} if kind == "webinar_signup" else {})
+    event.update(extra)
+    return event
+
+
+def expected_score(events: list[dict]) -> float:
+    """score(t_last) = sum w_i * 2^(-(t_last - t_i)/H), computed independently of processors/."""
+    times = [e["_ms"] for e in events]
+    t_last = max(times)
+    total = 0.0
+    for e in events:
+        weight = 0.0 if e.get("properties", {}).get("machine_open") else DEFAULT_WEIGHTS[e["type"]]
+        total += weight * 2 ** (-(t_last - e["_ms"]) / HALF_LIFE_MS)
+    return total
+
+
+def test_known_events_give_exact_counts_scores_stages_and_dead_letters(kafka_bootstrap, tmp_path):
+    settings = isolated_settings(kafka_bootstrap, tmp_path / "abm")
+    t0 = int(time.time() * 1000) - 3 * 24 * HOUR_MS
+    journeys = {
+        "acct-a": [
+            ("email_open", "a1", 0, {}),
+            ("email_click", "a1", 1, {}),
+            ("page_view", "a2", 2, {"url": "https://x.example/pricing"}),
+            ("webinar_signup", "a2", 3, {}),
+            ("email_click", "a2", 4, {}),
+            ("email_open", "a1", 5, {"properties": {"machine_open": True}}),
+        ],
+        "acct-b": [("page_view", "b1", h, {}) for h in (1, 2, 3)],
+        "acct-c": [("email_open", "c1", 7, {})],
+    }
+    records, by_account, n = [], {}, 0
+    for account, steps in journeys.items():
+        for kind, contact, hour, extra in steps:
+            n += 1
+            event = make(n, kind, account, contact, t0 + hour * HOUR_MS, **extra)
+            records.append((settings.topic(EVENT_TYPES[kind].topic), account.encode(), orjson.dumps(event)))
+            by_account.setdefault(account, []).append({**event, "_ms": t0 + hour * HOUR_MS})
+    page_views = settings.topic(EVENT_TYPES["page_view"].topic)
+    records += [
+        (page_views, None, b"not json"),
+        (page_views, None, orjson.dumps({"type": "page_view", "occurred_at": iso(t0), "source": "web", "url": "u"})),
+        (page_views, None, orjson.dumps(make(99, "page_view", None, "anonymous", t0))),
+    ]
+
+    worker = start_worker(settings)
+    try:
+        asyncio.run(produce(kafka_bootstrap, records))
+        worker.wait_drained(timeout_s=90)
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+
+    counts = {r["account_id"]: r["n"] for r in query(settings, "SELECT account_id, count() AS n FROM events GROUP BY account_id")}
+    assert counts == {"acct-a": 6, "acct-b": 3, "acct-c": 1}
+    scores = {r["account_id"]: r for r in query(settings, "SELECT * FROM account_scores FINAL")}
+    assert set(scores) == set(journeys)
+    for account, events in by_account.items():
+        row = scores[account]
+        assert row["events_total"] == len(events)
+        assert math.isclose(row["engagement_score"], expected_score(events), rel_tol=1e-9), account
+    assert (scores["acct-a"]["email_opens"], scores["acct-a"]["email_clicks"]) == (2, 2)
+    assert scores["acct-a"]["engaged_contacts_90d"] == 2
+    assert {a: r["stage"] for a, r in scores.items()} == {"acct-a": "decision", "acct-b": "awareness", "acct-c": "awareness"}
+    transitions = query(settings, "SELECT from_stage, to_stage, event_id FROM stage_transitions WHERE account_id = 'acct-a' ORDER BY at")
+    assert [(t["from_stage"], t["to_stage"], t["event_id"]) for t in transitions] == [
+        ("target", "awareness", "e1"),
+        ("awareness", "decision", "e5"),
+    ]
+
+    dead = asyncio.run(consume_all(kafka_bootstrap, settings.topic(TOPIC_DEAD_LETTERS), 2))
+    reasons = sorted(dict(m.headers)["abm.reason"].decode() for m in dead)
+    assert reasons == ["missing_field", "not_json"]
+    assert {m.value for m in dead} >= {b"not json"}
+    assert all(dict(m.headers)["abm.topic"].decode() == page_views for m in dead)
+    unresolved = asyncio.run(consume_all(kafka_bootstrap, settings.topic(TOPIC_UNRESOLVED), 1))
+    assert [orjson.loads(m.value)["event_id"] for m in unresolved] == ["e99"]
