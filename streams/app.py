@@ -1,4 +1,4 @@
-"""The Faust app: topics, the account-state table, the two agents and the checkpoint.
+r"""The Faust app: topics, the account-state table, the two agents and the checkpoint.
 
     raw topics --ingest--> events.by-account --score--> ClickHouse
                  |  \--> dead-letters             \--> account-state table (changelog)
@@ -82,7 +82,7 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
     by_account_topic = app.topic(settings.topic(TOPIC_BY_ACCOUNT), value_type=bytes, partitions=partitions)
     dead_letters = settings.topic(TOPIC_DEAD_LETTERS)
     unresolved = settings.topic(TOPIC_UNRESOLVED)
-    table = app.Table("account-state", partitions=partitions, key_serializer="raw", value_serializer="raw")
+    table = app.Table("account-state", partitions=partitions)  # raw bytes: the app's serializers
 
     states = AccountStates(table, partitions, max_cached=settings.state_cache_accounts)
     sink = ClickHouseSink(
@@ -158,12 +158,12 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
             await checkpoint.commit_if_due()
 
     @app.on_partitions_revoked.connect
-    async def on_revoked(_app: Any, *, revoked: set[Any], **_: Any) -> None:
+    async def on_revoked(_app: Any, _revoked: set[Any], **_: Any) -> None:
         async with checkpoint.lock:
             checkpoint.abandon()
 
     @app.on_partitions_assigned.connect
-    async def on_assigned(_app: Any, *, assigned: set[Any], **_: Any) -> None:
+    async def on_assigned(_app: Any, _assigned: set[Any], **_: Any) -> None:
         async with checkpoint.lock:
             written_upto.clear()
             written_upto.update(_written_offsets(client))

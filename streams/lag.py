@@ -27,12 +27,15 @@ async def group_lag(bootstrap: str, group: str, topics: list[str]) -> list[Parti
     await consumer.start()
     await admin.start()
     try:
-        await consumer.topics()  # loads metadata for every topic
         committed = await admin.list_consumer_group_offsets(group)
         partitions = [
-            TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or ())
+            TopicPartition(described["topic"], p["partition"])
+            for described in await admin.describe_topics(topics)
+            for p in sorted(described["partitions"], key=lambda p: p["partition"])
         ]
-        log_end = await consumer.end_offsets(partitions) if partitions else {}
+        if {tp.topic for tp in partitions} != set(topics):
+            raise LookupError(f"unknown topics: {sorted(set(topics) - {tp.topic for tp in partitions})}")
+        log_end = await consumer.end_offsets(partitions)
     finally:
         await admin.close()
         await consumer.stop()

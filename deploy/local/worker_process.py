@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+from aiokafka.errors import KafkaError
 
 from streams.lag import group_lag, total_lag
 from streams.settings import Settings
@@ -81,8 +82,13 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._check_alive()
-            if self.lag() == 0:
-                return time.monotonic()
+            try:
+                if self.lag() == 0:
+                    return time.monotonic()
+            except KafkaError as exc:
+                # e.g. the group coordinator of a brand-new broker is still loading
+                if not getattr(exc, "retriable", False):
+                    raise
             time.sleep(poll_s)
         raise TimeoutError(f"worker still lagging after {timeout_s}s; log: {self.log_path}\n{self.log_tail()}")
 

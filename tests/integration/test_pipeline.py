@@ -60,15 +60,21 @@ def test_known_events_give_exact_counts_scores_stages_and_dead_letters(kafka_boo
         "acct-b": [("page_view", "b1", h, {}) for h in (1, 2, 3)],
         "acct-c": [("email_open", "c1", 7, {})],
     }
-    records, by_account, n = [], {}, 0
+    # Raw topics are consumed side by side, so their relative order is not fixed: acct-a's
+    # journey is produced in phases, each drained before the next, to pin its transitions.
+    # Phase 2 stays below the consideration score; e5 in phase 3 crosses it (with intent).
+    phases: list[list] = [[], [], []]
+    by_account: dict[str, list[dict]] = {}
+    n = 0
     for account, steps in journeys.items():
         for kind, contact, hour, extra in steps:
             n += 1
             event = make(n, kind, account, contact, t0 + hour * HOUR_MS, **extra)
-            records.append((settings.topic(EVENT_TYPES[kind].topic), account.encode(), orjson.dumps(event)))
+            phase = (0 if n == 1 else 1 if n <= 4 else 2) if account == "acct-a" else 0
+            phases[phase].append((settings.topic(EVENT_TYPES[kind].topic), account.encode(), orjson.dumps(event)))
             by_account.setdefault(account, []).append({**event, "_ms": t0 + hour * HOUR_MS})
     page_views = settings.topic(EVENT_TYPES["page_view"].topic)
-    records += [
+    phases[0] += [
         (page_views, None, b"not json"),
         (page_views, None, orjson.dumps({"type": "page_view", "occurred_at": iso(t0), "source": "web", "url": "u"})),
         (page_views, None, orjson.dumps(make(99, "page_view", None, "anonymous", t0))),
@@ -76,8 +82,9 @@ def test_known_events_give_exact_counts_scores_stages_and_dead_letters(kafka_boo
 
     worker = start_worker(settings)
     try:
-        asyncio.run(produce(kafka_bootstrap, records))
-        worker.wait_drained(timeout_s=90)
+        for records in phases:
+            asyncio.run(produce(kafka_bootstrap, records))
+            worker.wait_drained(timeout_s=90)
     finally:
         assert worker.stop() == 0, worker.log_tail()
 
