@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -97,6 +96,3 @@ def _report(settings: Settings) -> None:
         "Tables: events, account_scores (FINAL for the latest row per account), stage_transitions."
     )
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use: abm demo")

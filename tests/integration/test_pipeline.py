@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from processors.scoring import DEFAULT_WEIGHTS
+from streams.simulator import produce_events
 from schemas.events import EVENT_TYPES, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED
 from tests.integration.support import consume_all, isolated_settings, produce, query, start_worker
 
@@ -112,3 +113,34 @@ def test_known_events_give_exact_counts_scores_stages_and_dead_letters(kafka_boo
     assert all(dict(m.headers)["abm.topic"].decode() == page_views for m in dead)
     unresolved = asyncio.run(consume_all(kafka_bootstrap, settings.topic(TOPIC_UNRESOLVED), 1))
     assert [orjson.loads(m.value)["event_id"] for m in unresolved] == ["e99"]
+
+
+def test_restart_mid_stream_keeps_every_event_once(kafka_bootstrap, tmp_path):
+    """A worker stopped mid-stream and started again: its state and offsets carry over."""
+    settings = isolated_settings(kafka_bootstrap, tmp_path / "abm")
+    total = 30_000
+    worker = start_worker(settings, "first")
+    try:
+        counts = asyncio.run(
+            produce_events(settings, accounts=150, contacts_per_account=4, rate=None, duration_s=None, count=total, seed=3)
+        )
+        deadline = time.monotonic() + 60
+        while (worker.status() or {}).get("stats", {}).get("raw_in", 0) < 2_000:  # ingest in flight
+            assert time.monotonic() < deadline, worker.log_tail()
+            time.sleep(0.05)
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+    assert worker.lag() > 0, "the first worker finished everything; the test proves nothing"
+
+    second = start_worker(settings, "second")
+    try:
+        second.wait_drained(timeout_s=120)
+    finally:
+        assert second.stop() == 0, second.log_tail()
+
+    [stored] = query(settings, "SELECT count() AS n, uniqExact(event_id) AS u FROM events")
+    assert (stored["n"], stored["u"]) == (total, total)
+    by_type = {r["type"]: r["n"] for r in query(settings, "SELECT type, count() AS n FROM events GROUP BY type")}
+    assert by_type == {kind: n for kind, n in counts.items() if n}
+    [scored] = query(settings, "SELECT sum(events_total) AS n, sum(email_opens) AS opens FROM account_scores FINAL")
+    assert (scored["n"], scored["opens"]) == (total, counts["email_open"])
