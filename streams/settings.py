@@ -64,11 +64,3 @@ class Settings(BaseSettings):
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}.{name}"
-
-    @property
-    def clickhouse_dsn(self) -> str:
-        return self.clickhouse_url or f"chdb://{self.chdb_path}"
-
-
-def load_settings(**overrides: object) -> Settings:
-    return Settings(**overrides)  # type: ignore[arg-type]

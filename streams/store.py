@@ -11,7 +11,6 @@ import hashlib
 import re
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import clickhouse_connect
@@ -115,4 +114,8 @@ def open_store(settings: Settings) -> Client:
 
 
 def data_location(settings: Settings) -> str:
-    return settings.clickhouse_url or str(Path(settings.chdb_path))
+    """Where the data lives, for humans: the server without its credentials, or the chDB path."""
+    if settings.clickhouse_url:
+        url = urlparse(settings.clickhouse_url)
+        return f"{url.scheme}://{url.hostname}:{url.port or ''}{url.path}"
+    return str(settings.chdb_path)
