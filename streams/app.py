@@ -82,7 +82,8 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
     by_account_topic = app.topic(settings.topic(TOPIC_BY_ACCOUNT), value_type=bytes, partitions=partitions)
     dead_letters = settings.topic(TOPIC_DEAD_LETTERS)
     unresolved = settings.topic(TOPIC_UNRESOLVED)
-    table = app.Table("account-state", partitions=partitions)  # raw bytes: the app's serializers
+    # bytes types make the changelog raw: the store and topic hold AccountState.to_bytes() as is
+    table = app.Table("account-state", partitions=partitions, key_type=bytes, value_type=bytes)
 
     states = AccountStates(table, partitions, max_cached=settings.state_cache_accounts)
     sink = ClickHouseSink(
@@ -100,13 +101,21 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
     guard = checkpoint.guard
     written_upto = _written_offsets(client)
 
+    def admit(events: list[Any]) -> list[Any]:
+        """The events of a batch to process now; the caller holds the checkpoint lock."""
+        if checkpoint.closed:  # shutting down: left for the next start
+            return []
+        admitted = guard.admit(events)
+        stats.redelivered_skipped += admitted.repeated
+        stats.stale_dropped += admitted.stale
+        return admitted.fresh
+
     @app.agent(raw_topic, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
         producer = app.producer
         async for events in stream.noack_take(settings.batch_max_events, settings.batch_within_s):
             async with checkpoint.lock:
-                fresh = guard.fresh(events)
-                stats.redelivered_skipped += len(events) - len(fresh)
+                fresh = admit(events)
                 routed = route_batch([e.message.value for e in fresh], int(time.time() * 1000), partitions)
                 for index, rejection in routed.rejected:
                     message = fresh[index].message
@@ -129,8 +138,7 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
     async def score(stream: faust.StreamT) -> None:
         async for events in stream.noack_take(settings.batch_max_events, settings.batch_within_s):
             async with checkpoint.lock:
-                fresh = guard.fresh(events)
-                stats.redelivered_skipped += len(events) - len(fresh)
+                fresh = admit(events)
                 positioned = []
                 for faust_event in fresh:
                     message = faust_event.message
@@ -160,7 +168,7 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
     @app.on_partitions_revoked.connect
     async def on_revoked(_app: Any, _revoked: set[Any], **_: Any) -> None:
         async with checkpoint.lock:
-            checkpoint.abandon()
+            await checkpoint.hand_over(timeout_s=app.conf.broker_session_timeout / 2)
 
     @app.on_partitions_assigned.connect
     async def on_assigned(_app: Any, _assigned: set[Any], **_: Any) -> None:

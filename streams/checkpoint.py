@@ -10,8 +10,8 @@ durable, in this order:
   4. acknowledge the consumed events and commit their offsets.
 
 An offset is therefore committed only once everything derived from it is stored.
-Faust's own commits (on rebalance or stop) commit only acknowledged offsets, so they
-never run ahead of step 4; its periodic commit timer is switched off in streams.app.
+Nothing is acknowledged to Faust, so its own commits (on rebalance or stop) have nothing
+to commit; its periodic commit timer is switched off in streams.app.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class Checkpoint:
         self._pending: list[Any] = []  # consumed Faust events not yet acknowledged
         self._started_at = time.monotonic()
         self.lock = asyncio.Lock()  # agents hold it while they change pending work
+        self.closed = False  # set by the final checkpoint: no more work may start
         self.commits = 0
         self.last_commit_at: float | None = None
 
@@ -79,10 +80,8 @@ class Checkpoint:
         self._states.write_changelogs()
         # 3. flush the producer
         await self._app.producer.flush()
-        # 4. acknowledge the events, then commit their offsets
-        for event in pending:
-            event.ack()
-        await self._app.consumer.commit()
+        # 4. commit the offsets of the consumed events
+        await self._app.consumer._commit(next_offsets(pending))
         self.guard.mark_committed()
         self.commits += 1
         self.last_commit_at = time.time()
@@ -92,12 +91,51 @@ class Checkpoint:
         if self.due():
             await self.commit()
 
+    async def close(self) -> None:
+        """The final checkpoint on shutdown; the caller holds ``lock``.
+
+        Agents keep draining their buffers until Faust stops them, and whatever they
+        forwarded would be flushed by the producer's own shutdown while its source
+        offsets stay uncommitted (so it would be forwarded again on restart). After
+        this, agents must check ``closed`` and leave their batches unprocessed.
+        """
+        self.closed = True
+        await self.commit()
+
+    async def hand_over(self, timeout_s: float) -> None:
+        """On revocation, before the partitions move: commit, so their next owner starts
+        exactly after this worker's work (forwarded events included); the caller holds
+        ``lock``. If that cannot finish in time, the work is abandoned and redelivered."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.commit()
+        except TimeoutError:
+            log.warning("checkpoint did not finish within %.0fs of a revocation; abandoning it", timeout_s)
+            self.abandon()
+        else:
+            self._states.forget()  # a revoked partition's states now belong to its next owner
+
     def abandon(self) -> None:
-        """After a revocation: forget uncommitted work; its events will be redelivered."""
+        """Forget uncommitted work; its events will be redelivered."""
         self._pending = []
         self._sink.discard()
         self._states.forget()
         self.guard.reset_to_committed()
+
+
+def next_offsets(events: list[Any]) -> dict[Any, int]:
+    """Per partition, the offset after the last consumed event.
+
+    The guard lets each partition's offsets through in increasing order, so every offset
+    below it has been processed. Committed directly: Faust's acknowledgement bookkeeping
+    stalls on offsets delivered twice around a rebalance.
+    """
+    offsets: dict[Any, int] = {}
+    for event in events:
+        message = event.message
+        if message.offset >= offsets.get(message.tp, 0):
+            offsets[message.tp] = message.offset + 1
+    return offsets
 
 
 def _dedup_token(events: list[Any]) -> str:

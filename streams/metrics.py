@@ -13,7 +13,8 @@ class PipelineStats:
     invalid_by_reason: dict[str, int] = field(default_factory=dict)
     unresolved: int = 0
     forwarded: int = 0
-    redelivered_skipped: int = 0
+    redelivered_skipped: int = 0  # offsets delivered again after a seek (not reprocessed)
+    stale_dropped: int = 0  # fetched before a rebalance: left to the partition's owner
     applied: int = 0
     transitions: int = 0
 

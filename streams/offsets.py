@@ -1,35 +1,52 @@
 """Which consumed messages are new to this process.
 
-After a rebalance Faust seeks every assigned partition back to its committed offset,
-while messages fetched before it may still sit in a stream's buffer: the same offset
-can arrive twice. The guard lets each offset through once per commit boundary and
-drops messages of partitions this worker no longer owns.
+A stream's batch can hold messages fetched before a rebalance: processing those would
+redo work whose partition may already belong to another worker (and they are fetched
+again from the committed offset anyway). After a rebalance Faust also seeks retained
+partitions back to their committed offsets, so an offset can arrive twice. The guard
+drops messages of an older consumer generation, taken while the flow is suspended for a
+rebalance or of partitions this worker no longer owns, and lets each offset through once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 
+@dataclass(slots=True)
+class Admitted:
+    fresh: list[Any] = field(default_factory=list)  # to process, in offset order per partition
+    repeated: int = 0  # processed already
+    stale: int = 0  # from before a rebalance: left to the partition's owner
+
+
 class OffsetGuard:
-    def __init__(self, consumer_of: Any) -> None:
-        self._app = consumer_of
+    def __init__(self, app: Any) -> None:
+        self._app = app
         self._processed: dict[Any, int] = {}  # tp -> last offset processed
         self._committed: dict[Any, int] = {}  # tp -> last offset covered by a commit
 
-    def fresh(self, events: Sequence[Any]) -> list[Any]:
-        assignment = self._app.consumer.assignment()
+    def admit(self, events: Sequence[Any]) -> Admitted:
+        app = self._app
+        if not app.flow_control.is_active():
+            return Admitted(stale=len(events))
+        generation = app.consumer_generation_id
+        assignment = app.consumer.assignment()
         processed = self._processed
-        fresh = []
+        admitted = Admitted()
         for event in events:
             message = event.message
             tp = message.tp
-            if tp not in assignment or message.offset <= processed.get(tp, -1):
-                continue
-            processed[tp] = message.offset
-            fresh.append(event)
-        return fresh
+            if message.generation_id != generation or tp not in assignment:
+                admitted.stale += 1
+            elif message.offset <= processed.get(tp, -1):
+                admitted.repeated += 1
+            else:
+                processed[tp] = message.offset
+                admitted.fresh.append(event)
+        return admitted
 
     def mark_committed(self) -> None:
         self._committed = dict(self._processed)

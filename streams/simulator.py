@@ -379,7 +379,7 @@ def _generate(
             local, _, domain = email.partition("@")
             email = f"{local}+news@{domain}"
 
-        kind = EVENT_KINDS[bisect.bisect_left(p.kinds, rand())]
+        kind = EVENT_KINDS[bisect.bisect_right(p.kinds, rand())]
         event: dict[str, Any] = {
             "event_id": f"{prefix}{n}",
             "type": kind,
@@ -406,7 +406,7 @@ def _generate(
                 event["url"] = f"{campaign.landing_url}?utm_source=email&utm_campaign={campaign.campaign_id}"
                 event["properties"] = {"link": "cta" if rand() < 0.7 else "header"}
         elif kind == "page_view":
-            page = bisect.bisect_left(p.pages, rand())
+            page = bisect.bisect_right(p.pages, rand())
             if page == 0:
                 path = "/pricing"
             elif page == 1:

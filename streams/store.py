@@ -51,9 +51,9 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
     def statements(self) -> list[str]:
-        """The file's statements: split on ';' at line ends, comments dropped."""
+        """The file's statements: split on ';' at line ends (a trailing comment allowed), comments dropped."""
         body = "\n".join(line for line in self.sql.splitlines() if not line.lstrip().startswith("--"))
-        return [s.strip() for s in re.split(r";\s*(?:\n|$)", body) if s.strip()]
+        return [s.strip() for s in re.split(r";[ \t]*(?:--[^\n]*)?(?:\n|$)", body) if s.strip()]
 
 
 def load_migrations() -> list[Migration]:
@@ -87,7 +87,7 @@ def apply_migrations(client: Client, migrations: list[Migration] | None = None) 
         for version, checksum in client.query(f"SELECT version, checksum FROM {MIGRATIONS_TABLE} FINAL").result_rows
     }
     applied = []
-    for migration in migrations if migrations is not None else load_migrations():
+    for migration in sorted(migrations if migrations is not None else load_migrations(), key=lambda m: m.version):
         if migration.version in recorded:
             if recorded[migration.version] != migration.checksum:
                 raise RuntimeError(

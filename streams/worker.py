@@ -37,7 +37,7 @@ class PulseWorker(faust.Worker):
         try:
             async with asyncio.timeout(FINAL_CHECKPOINT_TIMEOUT_S):
                 async with checkpoint.lock:
-                    await checkpoint.commit()
+                    await checkpoint.close()
         except Exception:  # the uncommitted work is redelivered on the next start
             log.exception("final checkpoint failed")
         await super()._stop_on_signal(sig)

@@ -5,9 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from deploy.local.kafka import LocalKafka, free_ports
 from streams.settings import Settings
+
+# Property tests assert outcomes, not speed: a cold import or a busy CI machine must not
+# turn a slow first example into a failure.
+hypothesis_settings.register_profile("abm", deadline=None)
+hypothesis_settings.load_profile("abm")
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import math
 import time
 
@@ -12,6 +13,7 @@ import pytest
 from processors.scoring import DEFAULT_WEIGHTS
 from streams.simulator import produce_events
 from schemas.events import EVENT_TYPES, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED
+from deploy.local.kafka import free_port
 from tests.integration.support import consume_all, isolated_settings, produce, query, start_worker
 
 pytestmark = pytest.mark.integration
@@ -144,3 +146,50 @@ def test_restart_mid_stream_keeps_every_event_once(kafka_bootstrap, tmp_path):
     assert by_type == {kind: n for kind, n in counts.items() if n}
     [scored] = query(settings, "SELECT sum(events_total) AS n, sum(email_opens) AS opens FROM account_scores FINAL")
     assert (scored["n"], scored["opens"]) == (total, counts["email_open"])
+
+
+def test_rebalance_hands_partitions_over_exactly(kafka_bootstrap, tmp_path):
+    """A second worker joins mid-stream: the first commits what it did before its
+    partitions move, so across both workers' stores every event lands exactly once."""
+    first_settings = isolated_settings(kafka_bootstrap, tmp_path / "first")
+    # Same topics and group, its own embedded store (one chDB directory per process).
+    second_settings = first_settings.model_copy(update={"data_dir": tmp_path / "second", "web_port": free_port()})
+    total = 30_000
+    first = start_worker(first_settings, "first")
+    second = None
+    try:
+        # Paced over ~12 s, so plenty is still flowing when the group rebalances.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            produced = pool.submit(
+                asyncio.run,
+                produce_events(first_settings, accounts=150, contacts_per_account=4, rate=2_500, duration_s=None, count=total, seed=5),
+            )
+            deadline = time.monotonic() + 60
+            while (first.status() or {}).get("stats", {}).get("raw_in", 0) < 2_000:  # ingest in flight
+                assert time.monotonic() < deadline, first.log_tail()
+                time.sleep(0.05)
+            second = start_worker(second_settings, "second")
+            counts = produced.result(timeout=120)
+        second.wait_drained(timeout_s=180)
+        handed_over = second.status()["stats"]
+        assert handed_over["raw_in"] > 0 and handed_over["applied"] > 0, "no partitions moved; the test proves nothing"
+    finally:
+        if second is not None:
+            assert second.stop() == 0, second.log_tail()
+        assert first.stop() == 0, first.log_tail()
+
+    stores = [first_settings, second_settings]
+    rows = [r for s in stores for r in query(s, "SELECT event_id, type FROM events")]
+    assert len(rows) == total and len({r["event_id"] for r in rows}) == total
+    by_type: dict[str, int] = {}
+    for row in rows:
+        by_type[row["type"]] = by_type.get(row["type"], 0) + 1
+    assert by_type == {kind: n for kind, n in counts.items() if n}
+    # An account's newest row (highest version) may sit in either store.
+    latest: dict[str, dict] = {}
+    for s in stores:
+        for row in query(s, "SELECT account_id, version, events_total, email_opens FROM account_scores FINAL"):
+            if row["account_id"] not in latest or row["version"] > latest[row["account_id"]]["version"]:
+                latest[row["account_id"]] = row
+    assert sum(r["events_total"] for r in latest.values()) == total
+    assert sum(r["email_opens"] for r in latest.values()) == counts["email_open"]

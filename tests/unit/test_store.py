@@ -1,0 +1,328 @@
+"""The ClickHouse client factory and the migration runner, against the real embedded engine (chDB).
+
+One OS process can open only one chDB data directory in its lifetime, and pytest runs every
+unit test in one process: this module opens exactly one directory (module-scoped) and
+isolates its scenarios in separate databases of that directory. The real schema goes to
+the ``default`` database through ``open_client``; hand-made migrations each get their own
+database, so they never touch the real tables nor each other's ``schema_migrations``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import clickhouse_connect
+import pytest
+from clickhouse_connect.driver.client import Client
+
+from streams import store
+from streams.settings import Settings
+from streams.store import MIGRATIONS_TABLE, Migration, apply_migrations, data_location, load_migrations, open_client
+
+CORE_TABLES = ("events", "account_scores", "stage_transitions")
+
+
+# ------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def chdb_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    # clickhouse_url=None explicitly: a CLICKHOUSE_URL in the environment must not send
+    # these tests to a server
+    return Settings(data_dir=tmp_path_factory.mktemp("abm-store"), clickhouse_url=None)
+
+
+@pytest.fixture(scope="module")
+def client(chdb_settings: Settings) -> Iterator[Client]:
+    """The one embedded store of this module, opened the way the application opens it."""
+    opened = open_client(chdb_settings)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture(scope="module")
+def migrated(client: Client) -> list[Migration]:
+    """The real migrations applied once to the default database; what that first call applied."""
+    return apply_migrations(client)
+
+
+@pytest.fixture(scope="module")
+def database_client(client: Client, chdb_settings: Settings) -> Iterator[Callable[[], Client]]:
+    """Factory of clients on the same chDB directory, each on a fresh database of its own."""
+    opened: list[Client] = []
+
+    def make() -> Client:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        client.command(f"CREATE DATABASE {name}")
+        other = clickhouse_connect.get_client(dsn=f"chdb://{chdb_settings.chdb_path}", database=name)
+        opened.append(other)
+        assert other.query("SELECT currentDatabase()").result_rows == [(name,)]
+        return other
+
+    try:
+        yield make
+    finally:
+        for other in opened:
+            other.close()
+
+
+def tables(client: Client) -> set[str]:
+    return {row[0] for row in client.query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows}
+
+
+def recorded(client: Client) -> list[tuple[int, str, str]]:
+    """Every row of the migrations table (no FINAL: duplicates would show)."""
+    return [
+        (int(v), n, c)
+        for v, n, c in client.query(f"SELECT version, name, checksum FROM {MIGRATIONS_TABLE} ORDER BY version, name").result_rows
+    ]
+
+
+def toy_migrations() -> list[Migration]:
+    """Three harmless migrations on their own tables; each depends on the one before it."""
+    return [
+        Migration(1, "alpha", "-- first\nCREATE TABLE IF NOT EXISTS toy_alpha (id UInt32) ENGINE = MergeTree ORDER BY id;\n"),
+        Migration(
+            2,
+            "beta",
+            "CREATE TABLE IF NOT EXISTS toy_beta AS toy_alpha;\n"  # fails unless toy_alpha exists
+            "INSERT INTO toy_alpha VALUES (1), (2);\n",
+        ),
+        Migration(10, "gamma", "CREATE VIEW IF NOT EXISTS toy_gamma AS SELECT count() AS n FROM toy_beta"),
+    ]
+
+
+# ------------------------------------------------------------------ real migrations
+
+
+def test_load_migrations_finds_the_core_migration():
+    found = load_migrations()
+    assert found, "no migration in schemas/clickhouse"
+    assert found[0].version == 1 and found[0].name == "core"
+    assert [m.version for m in found] == sorted({m.version for m in found})
+    assert "CREATE TABLE IF NOT EXISTS events" in found[0].sql
+    assert found[0].checksum == hashlib.sha256(found[0].sql.encode()).hexdigest()
+
+
+def test_core_statements_are_split_one_per_object():
+    core = next(m for m in load_migrations() if m.version == 1)
+    statements = core.statements()
+    heads = [re.match(r"CREATE (TABLE|VIEW) IF NOT EXISTS (\w+)", s) for s in statements]
+    assert all(heads), statements
+    assert [h.group(2) for h in heads] == ["events", "account_scores", "stage_transitions", "account_scores_latest"]
+    assert not any(s.endswith(";") or "--" in s for s in statements)
+
+
+def test_first_run_applies_every_migration_in_order_and_records_it(client, migrated):
+    expected = load_migrations()
+    assert migrated == expected
+    assert [m.version for m in migrated] == sorted(m.version for m in migrated)
+    assert recorded(client) == [(m.version, m.name, m.checksum) for m in expected]
+    (applied_at,) = client.query(f"SELECT min(applied_at) FROM {MIGRATIONS_TABLE}").result_rows[0]
+    assert applied_at.year >= 2024  # the DEFAULT now64(3) filled it in
+
+
+def test_core_tables_exist_after_migration(client, migrated):
+    rows = client.query(
+        "SELECT name, engine FROM system.tables WHERE database = 'default' AND name IN {names:Array(String)}",
+        parameters={"names": [*CORE_TABLES, "account_scores_latest", MIGRATIONS_TABLE]},
+    ).result_rows
+    engines = dict(rows)
+    assert engines == {
+        "events": "MergeTree",
+        "account_scores": "ReplacingMergeTree",
+        "stage_transitions": "ReplacingMergeTree",
+        "account_scores_latest": "View",
+        MIGRATIONS_TABLE: "ReplacingMergeTree",
+    }
+    columns = {
+        row[0]
+        for row in client.query("SELECT name FROM system.columns WHERE database = 'default' AND table = 'events'").result_rows
+    }
+    assert {"event_id", "type", "account_id", "occurred_at", "received_at", "src_partition", "src_offset"} <= columns
+    # the tables are usable, not just declared
+    assert client.query("SELECT count() FROM account_scores_latest").result_rows == [(0,)]
+
+
+def test_second_run_applies_nothing_and_changes_nothing(client, migrated):
+    before_tables = tables(client)
+    before_rows = client.query(f"SELECT version, name, checksum, applied_at FROM {MIGRATIONS_TABLE} ORDER BY version").result_rows
+    assert apply_migrations(client) == []
+    assert apply_migrations(client) == []
+    assert tables(client) == before_tables
+    after_rows = client.query(f"SELECT version, name, checksum, applied_at FROM {MIGRATIONS_TABLE} ORDER BY version").result_rows
+    assert after_rows == before_rows  # no new row, applied_at untouched
+
+
+def test_open_store_is_idempotent_on_a_migrated_store(chdb_settings, migrated, client):
+    # same directory, a second client: what the worker or CLI does on every start
+    again = store.open_store(chdb_settings)
+    try:
+        assert len(recorded(again)) == len(migrated)
+        assert set(CORE_TABLES) <= tables(again)
+    finally:
+        again.close()
+
+
+# ------------------------------------------------------------------ toy migrations
+
+
+def test_toy_migrations_apply_in_version_order(database_client):
+    db = database_client()
+    migrations = toy_migrations()
+    assert apply_migrations(db, migrations[::-1]) == migrations  # given out of order, applied in order
+    assert tables(db) == {"toy_alpha", "toy_beta", "toy_gamma", MIGRATIONS_TABLE}
+    assert db.query("SELECT count() FROM toy_alpha").result_rows == [(2,)]
+    assert recorded(db) == [(1, "alpha", migrations[0].checksum), (2, "beta", migrations[1].checksum), (10, "gamma", migrations[2].checksum)]
+    # nothing leaked into the real schema's database
+    assert "toy_alpha" not in {r[0] for r in db.query("SELECT name FROM system.tables WHERE database = 'default'").result_rows}
+
+
+def test_toy_migrations_second_run_is_a_no_op(database_client):
+    db = database_client()
+    apply_migrations(db, toy_migrations())
+    assert apply_migrations(db, toy_migrations()) == []
+    # migration 2's INSERT did not run again
+    assert db.query("SELECT count() FROM toy_alpha").result_rows == [(2,)]
+    assert len(recorded(db)) == 3
+
+
+def test_only_new_migrations_are_applied(database_client):
+    db = database_client()
+    first, second, third = toy_migrations()
+    assert apply_migrations(db, [first]) == [first]
+    assert tables(db) == {"toy_alpha", MIGRATIONS_TABLE}
+    assert apply_migrations(db, [first, second, third]) == [second, third]
+    assert [v for v, _, _ in recorded(db)] == [1, 2, 10]
+
+
+def test_a_changed_applied_migration_is_an_error(database_client):
+    db = database_client()
+    first, second, third = toy_migrations()
+    apply_migrations(db, [first])
+    edited = Migration(1, "alpha", first.sql + "CREATE TABLE IF NOT EXISTS toy_sneaky (id UInt32) ENGINE = Memory;\n")
+    assert edited.checksum != first.checksum
+    with pytest.raises(RuntimeError, match=r"migration 001_alpha changed after it was applied"):
+        apply_migrations(db, [edited, second, third])
+    # nothing of the edited version ran, nothing after it either, the record is untouched
+    assert tables(db) == {"toy_alpha", MIGRATIONS_TABLE}
+    assert recorded(db) == [(1, "alpha", first.checksum)]
+    # a whitespace-only edit counts as a change too (the checksum is over the exact text)
+    with pytest.raises(RuntimeError, match="001_alpha"):
+        apply_migrations(db, [Migration(1, "alpha", first.sql + "\n")])
+    # and the original text is still accepted
+    assert apply_migrations(db, [first]) == []
+
+
+def test_a_failing_migration_is_not_recorded_and_can_be_retried(database_client):
+    db = database_client()
+    first = toy_migrations()[0]
+    broken = Migration(2, "broken", "CREATE TABLE IF NOT EXISTS toy_ok (id UInt32) ENGINE = Memory;\nSELECT * FROM no_such_table;\n")
+    with pytest.raises(Exception, match="no_such_table"):
+        apply_migrations(db, [first, broken])
+    assert [v for v, _, _ in recorded(db)] == [1]  # the first one is kept, the broken one not recorded
+    assert "toy_ok" in tables(db)  # its first statement ran: statements are idempotent, so
+    fixed = Migration(2, "broken", "CREATE TABLE IF NOT EXISTS toy_ok (id UInt32) ENGINE = Memory;\n")
+    assert apply_migrations(db, [first, fixed]) == [fixed]  # re-running it is harmless
+    assert [v for v, _, _ in recorded(db)] == [1, 2]
+
+
+# ----------------------------------------------------------------- statements()
+
+
+def test_statements_split_on_semicolons_at_line_ends_and_drop_comments():
+    sql = (
+        "-- header comment\n"
+        "CREATE TABLE a (x String DEFAULT 'p;q') ENGINE = Memory;\n"
+        "\n"
+        "   -- indented comment; with a semicolon;\n"
+        "CREATE TABLE b\n"
+        "(\n"
+        "    -- column comment\n"
+        "    y UInt8\n"
+        ")\n"
+        "ENGINE = Memory;   \n"
+        "INSERT INTO a VALUES ('x;y'); -- a trailing comment\n"
+        "SELECT 1"  # last statement without a semicolon
+    )
+    assert Migration(1, "m", sql).statements() == [
+        "CREATE TABLE a (x String DEFAULT 'p;q') ENGINE = Memory",
+        "CREATE TABLE b\n(\n    y UInt8\n)\nENGINE = Memory",
+        "INSERT INTO a VALUES ('x;y')",
+        "SELECT 1",
+    ]
+
+
+@pytest.mark.parametrize("sql", ["", "\n\n", "-- only a comment\n-- and another;\n", ";\n;\n"])
+def test_statements_of_an_empty_migration(sql):
+    assert Migration(1, "m", sql).statements() == []
+
+
+def test_checksum_is_the_sha256_of_the_text():
+    assert Migration(1, "m", "SELECT 1").checksum == hashlib.sha256(b"SELECT 1").hexdigest()
+    assert Migration(1, "m", "SELECT 1").checksum != Migration(1, "m", "SELECT 1 ").checksum
+
+
+# ------------------------------------------------------------------ load_migrations
+
+
+def _fake_schemas(monkeypatch: pytest.MonkeyPatch, root: Path, files: dict[str, str]) -> None:
+    folder = root / "clickhouse"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    monkeypatch.setattr(store, "resources", SimpleNamespace(files=lambda package: root))
+
+
+def test_load_migrations_sorts_by_version_and_ignores_other_files(monkeypatch, tmp_path):
+    _fake_schemas(
+        monkeypatch,
+        tmp_path,
+        {
+            "010_late.sql": "SELECT 10",
+            "002_second.sql": "SELECT 2",
+            "001_first.sql": "SELECT 1",
+            "README.md": "not a migration",
+            "3_short.sql": "SELECT 3",
+            "004_Upper.sql": "SELECT 4",
+            "005_draft.sql.bak": "SELECT 5",
+        },
+    )
+    assert load_migrations() == [
+        Migration(1, "first", "SELECT 1"),
+        Migration(2, "second", "SELECT 2"),
+        Migration(10, "late", "SELECT 10"),
+    ]
+
+
+def test_load_migrations_rejects_duplicate_versions(monkeypatch, tmp_path):
+    _fake_schemas(monkeypatch, tmp_path, {"001_a.sql": "SELECT 1", "001_b.sql": "SELECT 2", "002_c.sql": "SELECT 3"})
+    with pytest.raises(RuntimeError, match="duplicate migration versions"):
+        load_migrations()
+
+
+# ---------------------------------------------------------------- open_client URL
+
+
+@pytest.mark.parametrize("url", ["ftp://x", "ftp://user:pw@host:21/db", "http://", "https:///db", "localhost:8123", "chdb:///tmp/x"])
+def test_open_client_rejects_a_malformed_clickhouse_url(url, tmp_path):
+    settings = Settings(data_dir=tmp_path, CLICKHOUSE_URL=url)
+    assert settings.clickhouse_url == url
+    with pytest.raises(ValueError, match="CLICKHOUSE_URL must be http"):
+        open_client(settings)
+    assert not settings.chdb_path.exists()  # it did not fall back to the embedded store
+
+
+def test_data_location_hides_credentials(tmp_path):
+    with_url = Settings(data_dir=tmp_path, CLICKHOUSE_URL="https://alice:s3cret@ch.example:8443/abm")
+    assert data_location(with_url) == "https://ch.example:8443/abm"
+    assert "s3cret" not in data_location(with_url) and "alice" not in data_location(with_url)
+    embedded = Settings(data_dir=tmp_path, clickhouse_url=None)
+    assert data_location(embedded) == str((tmp_path / "clickhouse").resolve())
