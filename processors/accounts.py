@@ -1,19 +1,33 @@
 """Folding a batch of canonical events into per-account state.
 
-Idempotent per account: each state remembers the position (source offset, index in
-the message) of the last event it absorbed, so events redelivered after a crash or a
-rebalance change nothing.
+Idempotent per account three times over. Each state remembers:
+- the position (by-account offset, index in the message) of the last event absorbed,
+  so a message redelivered after a crash changes nothing;
+- per raw partition, the last raw offset absorbed: a raw message forwarded again by a
+  worker killed before its commit arrives at a new position but an old origin
+  (one raw partition's events reach an account in offset order);
+- the (source, event id) of its recent events, so a source's retry counts once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
+from processors.dedup import DedupPolicy, event_key, forget_old, next_prune_size, seen_before
 from processors.scoring import AccountState, ScoringConfig, apply_event
 from processors.stages import StageRules, StageTransition, advance_stage
 
 Position = tuple[int, int]  # (offset of the Kafka message, index of the event in it)
+
+
+@dataclass(slots=True)
+class Folded:
+    applied: list[dict[str, Any]] = field(default_factory=list)  # events that changed a state
+    transitions: list[StageTransition] = field(default_factory=list)
+    duplicates: int = 0  # events seen before under the same (source, event id)
+    replayed: int = 0  # positions or raw origins an account had absorbed already
 
 
 def fold_events(
@@ -21,18 +35,35 @@ def fold_events(
     state_for: Callable[[str], AccountState],
     config: ScoringConfig,
     rules: StageRules,
-) -> tuple[list[dict[str, Any]], list[StageTransition]]:
-    """Apply events in order; returns the events newly applied and the stage transitions."""
-    applied: list[dict[str, Any]] = []
-    transitions: list[StageTransition] = []
+    dedup: DedupPolicy,
+) -> Folded:
+    """Apply events in order: the events applied, the stage transitions, what was skipped."""
+    folded = Folded()
     for position, event in positioned_events:
         state = state_for(event["account_id"])
-        if position <= state.applied_upto:
+        if position <= state.applied_upto or _origin_absorbed(state, event["_origin"]):
+            folded.replayed += 1
+            continue
+        state.applied_upto = position
+        if seen_before(state.recent_ids, event_key(event), event["occurred_at_ms"]):
+            folded.duplicates += 1
             continue
         apply_event(state, event, config)
-        state.applied_upto = position
-        applied.append(event)
+        if len(state.recent_ids) > state.prune_ids_at:
+            forget_old(state.recent_ids, state.last_event_ms, dedup)
+            state.prune_ids_at = next_prune_size(len(state.recent_ids))
+        folded.applied.append(event)
         transition = advance_stage(state, state.last_event_ms, event["event_id"], rules, config)
         if transition is not None:
-            transitions.append(transition)
-    return applied, transitions
+            folded.transitions.append(transition)
+    return folded
+
+
+def _origin_absorbed(state: AccountState, origin: list[Any] | tuple[str, int, int]) -> bool:
+    """True when this raw message reached the account before; otherwise records it."""
+    topic, partition, offset = origin
+    key = f"{topic}/{partition}"
+    if offset <= state.origin_upto.get(key, -1):
+        return True
+    state.origin_upto[key] = offset
+    return False

@@ -37,14 +37,18 @@ class AccountState:
     stage: str = "target"
     stage_since_ms: int = 0
     applied_upto: tuple[int, int] = (-1, -1)  # position of the last event absorbed
+    origin_upto: dict[str, int] = field(default_factory=dict)  # "raw topic/partition" -> last raw offset absorbed
+    recent_ids: dict[int, int] = field(default_factory=dict)  # processors.dedup keys -> event time
+    prune_ids_at: int = 0  # size of recent_ids that triggers the next prune
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(self)
+        return orjson.dumps(self, option=orjson.OPT_NON_STR_KEYS)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> AccountState:
         fields = orjson.loads(raw)
         fields["applied_upto"] = tuple(fields["applied_upto"])
+        fields["recent_ids"] = {int(key): at for key, at in fields.get("recent_ids", {}).items()}
         return cls(**fields)
 
 

@@ -21,6 +21,7 @@ from aiohttp.web import Response
 from clickhouse_connect.driver.client import Client
 
 from processors.accounts import fold_events
+from processors.dedup import DedupPolicy
 from processors.routing import route_batch
 from processors.scoring import ScoringConfig
 from processors.stages import StageRules
@@ -76,6 +77,7 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
     partitions = settings.topic_partitions
     config = ScoringConfig(half_life_ms=settings.score_half_life_days * 86_400_000)
     rules = StageRules()
+    dedup = DedupPolicy(horizon_ms=int(settings.dedup_horizon_hours * 3_600_000), max_ids=settings.dedup_max_ids_per_account)
     stats = PipelineStats()
 
     raw_topic = app.topic(*[settings.topic(name) for name in source_topics()], value_type=bytes)
@@ -116,7 +118,12 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
         async for events in stream.noack_take(settings.batch_max_events, settings.batch_within_s):
             async with checkpoint.lock:
                 fresh = admit(events)
-                routed = route_batch([e.message.value for e in fresh], int(time.time() * 1000), partitions)
+                routed = route_batch(
+                    [e.message.value for e in fresh],
+                    [(e.message.topic, e.message.partition, e.message.offset) for e in fresh],
+                    int(time.time() * 1000),
+                    partitions,
+                )
                 for index, rejection in routed.rejected:
                     message = fresh[index].message
                     await producer.send(dead_letters, message.key, message.value, None, None, _reason_headers(message, rejection))
@@ -145,18 +152,19 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
                     for index, event in enumerate(orjson.loads(message.value)):
                         event["_src"] = (message.partition, message.offset, index)
                         positioned.append(((message.offset, index), event))
-                applied, transitions = fold_events(positioned, states.state_for, config, rules)
+                folded = fold_events(positioned, states.state_for, config, rules, dedup)
                 sink.add(
                     "events",
                     [
                         event_row(event, *event["_src"])
-                        for event in applied
+                        for event in folded.applied
                         if event["_src"][1] > written_upto.get(event["_src"][0], -1)
                     ],
                 )
-                sink.add("stage_transitions", transition_rows(transitions))
-                stats.applied += len(applied)
-                stats.transitions += len(transitions)
+                sink.add("stage_transitions", transition_rows(folded.transitions))
+                stats.applied += len(folded.applied)
+                stats.transitions += len(folded.transitions)
+                stats.duplicates += folded.duplicates
                 checkpoint.track(fresh)
                 await checkpoint.commit_if_due()
 

@@ -16,6 +16,7 @@ class PipelineStats:
     redelivered_skipped: int = 0  # offsets delivered again after a seek (not reprocessed)
     stale_dropped: int = 0  # fetched before a rebalance: left to the partition's owner
     applied: int = 0
+    duplicates: int = 0  # same (source, event id) seen before: counted nowhere else
     transitions: int = 0
 
     def add_counts(self, target: dict[str, int], counts: dict[str, int]) -> None:

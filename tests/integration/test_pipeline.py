@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import math
+import random
 import time
 
 import orjson
 import pytest
 
 from processors.scoring import DEFAULT_WEIGHTS
-from streams.simulator import produce_events
+from streams.simulator import encode, iter_events, produce_events
 from schemas.events import EVENT_TYPES, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED
 from deploy.local.kafka import free_port
 from tests.integration.support import consume_all, isolated_settings, produce, query, start_worker
@@ -117,8 +118,11 @@ def test_known_events_give_exact_counts_scores_stages_and_dead_letters(kafka_boo
     assert [orjson.loads(m.value)["event_id"] for m in unresolved] == ["e99"]
 
 
-def test_restart_mid_stream_keeps_every_event_once(kafka_bootstrap, tmp_path):
-    """A worker stopped mid-stream and started again: its state and offsets carry over."""
+@pytest.mark.parametrize("crash", [False, True], ids=["sigterm", "kill-9"])
+def test_restart_mid_stream_keeps_every_event_once(kafka_bootstrap, tmp_path, crash):
+    """A worker stopped mid-stream (gracefully, or killed with no final checkpoint) and
+    started again: its state and offsets carry over, and what the killed worker did
+    after its last checkpoint is neither lost nor counted twice."""
     settings = isolated_settings(kafka_bootstrap, tmp_path / "abm")
     total = 30_000
     worker = start_worker(settings, "first")
@@ -131,7 +135,10 @@ def test_restart_mid_stream_keeps_every_event_once(kafka_bootstrap, tmp_path):
             assert time.monotonic() < deadline, worker.log_tail()
             time.sleep(0.05)
     finally:
-        assert worker.stop() == 0, worker.log_tail()
+        if crash:
+            worker.kill()
+        else:
+            assert worker.stop() == 0, worker.log_tail()
     assert worker.lag() > 0, "the first worker finished everything; the test proves nothing"
 
     second = start_worker(settings, "second")
@@ -193,3 +200,31 @@ def test_rebalance_hands_partitions_over_exactly(kafka_bootstrap, tmp_path):
                 latest[row["account_id"]] = row
     assert sum(r["events_total"] for r in latest.values()) == total
     assert sum(r["email_opens"] for r in latest.values()) == counts["email_open"]
+
+
+def test_every_event_delivered_three_times_counts_once(kafka_bootstrap, tmp_path):
+    """Sources retry: the same (source, event id) arriving three times, in different
+    orders and batches, is stored, counted and scored once."""
+    settings = isolated_settings(kafka_bootstrap, tmp_path / "abm")
+    # a day of history: retries come within the de-duplication horizon
+    events = list(iter_events(seed=11, accounts=40, contacts_per_account=3, count=3_000, expected_events=3_000, history_days=1))
+    records = [(settings.topic(EVENT_TYPES[e["type"]].topic), e["account_id"].encode(), encode(e)) for e in events]
+    rng = random.Random(11)
+    deliveries = [records, rng.sample(records, len(records)), rng.sample(records, len(records))]
+    worker = start_worker(settings)
+    try:
+        for delivery in deliveries:
+            asyncio.run(produce(kafka_bootstrap, delivery))
+        worker.wait_drained(timeout_s=120)
+        stats = worker.status()["stats"]
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+
+    assert (stats["applied"], stats["duplicates"]) == (3_000, 6_000)
+    [stored] = query(settings, "SELECT count() AS n, uniqExact(event_id) AS u FROM events")
+    assert (stored["n"], stored["u"]) == (3_000, 3_000)
+    by_account: dict[str, int] = {}
+    for e in events:
+        by_account[e["account_id"]] = by_account.get(e["account_id"], 0) + 1
+    scored = query(settings, "SELECT account_id, events_total FROM account_scores FINAL")
+    assert {r["account_id"]: r["events_total"] for r in scored} == by_account

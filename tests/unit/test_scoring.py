@@ -1,19 +1,23 @@
+import itertools
 import math
 
 from hypothesis import given, settings, strategies as st
 
 from processors.accounts import fold_events
+from processors.dedup import DedupPolicy
 from processors.routing import route_batch
 from processors.scoring import DAY_MS, AccountState, ScoringConfig, apply_event, score_at
 from processors.stages import StageRules, stage_for
 
 CONFIG = ScoringConfig()
 RULES = StageRules()
+DEDUP = DedupPolicy()
 T0 = 1_763_964_000_000
+RAW_OFFSETS = itertools.count()  # every event its own raw message
 
 
 def ev(kind, at, contact="c1", **extra):
-    base = {"event_id": f"{kind}-{at}-{contact}", "type": kind, "occurred_at_ms": at, "account_id": "a1", "contact_id": contact}
+    base = {"event_id": f"{kind}-{at}-{contact}", "source": "test", "_origin": ("raw", 0, next(RAW_OFFSETS)), "type": kind, "occurred_at_ms": at, "account_id": "a1", "contact_id": contact}
     base.update(extra)
     return base
 
@@ -50,7 +54,7 @@ def test_score_is_order_independent(events, rnd):
 
 def test_journey_through_the_stages():
     state = AccountState("a1")
-    applied, transitions = fold_events(
+    folded = fold_events(
         [
             ((0, 0), ev("email_open", T0, "c1")),
             ((0, 1), ev("email_click", T0 + 1000, "c1")),
@@ -64,8 +68,10 @@ def test_journey_through_the_stages():
         lambda _: state,
         CONFIG,
         RULES,
+        DEDUP,
     )
-    assert len(applied) == 8
+    transitions = folded.transitions
+    assert len(folded.applied) == 8
     assert [(t.from_stage, t.to_stage) for t in transitions] == [
         ("target", "awareness"),
         ("awareness", "consideration"),
@@ -80,18 +86,21 @@ def test_journey_through_the_stages():
 def test_redelivered_events_change_nothing():
     state = AccountState("a1")
     batch = [((5, 0), ev("email_click", T0)), ((5, 1), ev("page_view", T0 + 1))]
-    fold_events(batch, lambda _: state, CONFIG, RULES)
+    fold_events(batch, lambda _: state, CONFIG, RULES, DEDUP)
     before = state.to_bytes()
-    applied, transitions = fold_events(batch, lambda _: state, CONFIG, RULES)
-    assert applied == [] and transitions == [] and state.to_bytes() == before
+    folded = fold_events(batch, lambda _: state, CONFIG, RULES, DEDUP)
+    assert (folded.applied, folded.transitions, folded.replayed, folded.duplicates) == ([], [], 2, 0)
+    assert state.to_bytes() == before
     assert AccountState.from_bytes(before) == state
 
 
 def test_route_batch_groups_by_account_partition_and_sets_aside_the_rest():
     good = b'{"event_id":"1","type":"page_view","occurred_at":1763960000000,"source":"web","url":"u","account_id":"a1"}'
     no_account = b'{"event_id":"2","type":"page_view","occurred_at":1763960000000,"source":"web","url":"u"}'
-    routed = route_batch([good, b"nope", no_account, None, good], T0, 8)
+    origins = [("raw", 0, offset) for offset in range(5)]
+    routed = route_batch([good, b"nope", no_account, None, good], origins, T0, 8)
     assert sum(len(v) for v in routed.by_partition.values()) == 2
     assert [i for i, _ in routed.rejected] == [1, 3]
     assert [i for i, _ in routed.unresolved] == [2]
     assert routed.valid_by_type == {"page_view": 3}
+    assert [e["_origin"] for bucket in routed.by_partition.values() for e in bucket] == [("raw", 0, 0), ("raw", 0, 4)]
