@@ -50,6 +50,8 @@ MAX_EVENT_BYTES: Final = 1 << 20
 TOPIC_BY_ACCOUNT: Final = "events.by-account"  # validated events, partitioned by account
 TOPIC_DEAD_LETTERS: Final = "dead-letters"
 TOPIC_UNRESOLVED: Final = "events.unresolved"
+TOPIC_ACCOUNTS: Final = "accounts"  # account records, compacted by account id
+TOPIC_CONTACTS: Final = "contacts"  # contact records, compacted by contact id
 
 
 def source_topics() -> list[str]:

@@ -69,6 +69,8 @@ def create_app(settings: Settings) -> faust.App:
         broker_max_poll_records=10_000,
         stream_buffer_maxsize=65_536,
         consumer_max_fetch_size=16 * 1024 * 1024,
+        # An oversized event (rejected: over 1 MiB) must still fit in its dead letter.
+        producer_max_request_size=8 * 1024 * 1024,
     )
 
 
@@ -127,7 +129,8 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
                 for index, rejection in routed.rejected:
                     message = fresh[index].message
                     await producer.send(dead_letters, message.key, message.value, None, None, _reason_headers(message, rejection))
-                    stats.invalid_by_reason[rejection.reason] = stats.invalid_by_reason.get(rejection.reason, 0) + 1
+                    reason = rejection.reason.value
+                    stats.invalid_by_reason[reason] = stats.invalid_by_reason.get(reason, 0) + 1
                 for index, event in routed.unresolved:
                     await producer.send(unresolved, fresh[index].message.key, orjson.dumps(event), None, None, None)
                 for partition, bucket in routed.by_partition.items():

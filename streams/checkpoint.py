@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -63,7 +64,7 @@ class Checkpoint:
         return len(self._pending)
 
     def due(self) -> bool:
-        return bool(self._pending) and (
+        return bool(self._pending or self._sink.pending_rows) and (
             self._sink.pending_rows >= self._max_rows
             or time.monotonic() - self._started_at >= self._interval_s
         )
@@ -71,17 +72,19 @@ class Checkpoint:
     async def commit(self) -> None:
         """Run the protocol; the caller holds ``lock``."""
         pending, self._pending = self._pending, []
-        if not pending:
+        if not pending and not self._sink.pending_rows:
             return
         # 1. flush the ClickHouse sink
         self._sink.add("account_scores", self._account_rows(self._states))
-        await self._sink.flush(_dedup_token(pending))
+        # rows from no consumed event (re-resolutions) are inserted once: no retry token needed
+        await self._sink.flush(_dedup_token(pending) if pending else uuid.uuid4().hex)
         # 2. write state changelogs
         self._states.write_changelogs()
         # 3. flush the producer
         await self._app.producer.flush()
         # 4. commit the offsets of the consumed events
-        await self._app.consumer._commit(next_offsets(pending))
+        if pending:
+            await self._app.consumer._commit(next_offsets(pending))
         self.guard.mark_committed()
         self.commits += 1
         self.last_commit_at = time.time()

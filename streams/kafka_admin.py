@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
@@ -15,9 +16,12 @@ async def ensure_topics(
     partitions: int,
     replication: int,
     *,
+    configs: dict[str, dict[str, str]] | None = None,
     timeout_s: float = 30.0,
 ) -> None:
     """Create the topics in ``names`` that do not exist yet; existing ones are left as they are.
+
+    ``configs`` gives topic configs by name (e.g. ``cleanup.policy=compact``) for creation.
 
     Safe to call concurrently from several processes: a topic created by someone else in
     between (TopicAlreadyExists) counts as success. Returns once every topic is visible in
@@ -35,7 +39,7 @@ async def ensure_topics(
         missing = [name for name in wanted if name not in existing]
         if missing:
             response = await admin.create_topics(
-                [NewTopic(name, partitions, replication) for name in missing],
+                [NewTopic(name, partitions, replication, topic_configs=(configs or {}).get(name, {})) for name in missing],
                 timeout_ms=int(timeout_s * 1000),
             )
             for topic_error in response.topic_errors:
@@ -65,3 +69,17 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], deadli
         if time.monotonic() > deadline:
             raise KafkaError(f"topics not ready in time: {sorted(pending)}")
         await asyncio.sleep(0.1)
+
+
+async def topic_partitions(admin: AIOKafkaAdminClient, topics: list[str]) -> list[TopicPartition]:
+    """Every partition of ``topics``, in topic then partition order; LookupError for unknown topics."""
+    partitions = [
+        TopicPartition(described["topic"], p["partition"])
+        for described in await admin.describe_topics(topics)
+        if described.get("error_code", 0) == 0
+        for p in sorted(described["partitions"], key=lambda p: p["partition"])
+    ]
+    missing = set(topics) - {tp.topic for tp in partitions}
+    if missing:
+        raise LookupError(f"unknown topics: {sorted(missing)}")
+    return partitions

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
+
+from streams.kafka_admin import topic_partitions
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,13 +30,7 @@ async def group_lag(bootstrap: str, group: str, topics: list[str]) -> list[Parti
     await admin.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
-        partitions = [
-            TopicPartition(described["topic"], p["partition"])
-            for described in await admin.describe_topics(topics)
-            for p in sorted(described["partitions"], key=lambda p: p["partition"])
-        ]
-        if {tp.topic for tp in partitions} != set(topics):
-            raise LookupError(f"unknown topics: {sorted(set(topics) - {tp.topic for tp in partitions})}")
+        partitions = await topic_partitions(admin, topics)
         log_end = await consumer.end_offsets(partitions)
     finally:
         await admin.close()

@@ -331,6 +331,9 @@ class LocalKafka:
             "transaction.state.log.min.isr": "1",
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
+            # Above the event contract's 1 MiB, so an oversized event still reaches the
+            # worker and is dead-lettered with its reason rather than refused upstream.
+            "message.max.bytes": str(4 << 20),
             # Consumers in tests should get partitions at once, not after 3 s.
             "group.initial.rebalance.delay.ms": "0",
             # A dev broker: keep a day or 1 GiB per partition, in 128 MiB segments.

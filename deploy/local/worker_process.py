@@ -72,9 +72,9 @@ class WorkerProcess:
             return None
 
     def lag(self) -> int:
-        from streams.worker import pipeline_topics
+        from streams.worker import consumed_topics
 
-        topics = [t for t in pipeline_topics(self.settings) if not t.endswith(("dead-letters", "unresolved"))]
+        topics = consumed_topics(self.settings)
         return total_lag(asyncio.run(group_lag(self.settings.kafka_bootstrap, self.settings.app_id, topics)))
 
     def wait_drained(self, timeout_s: float, poll_s: float = 0.5) -> float:

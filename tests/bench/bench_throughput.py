@@ -30,10 +30,9 @@ from aiokafka import AIOKafkaConsumer
 from deploy.local.kafka import LocalKafka, free_ports
 from deploy.local.worker_process import WorkerProcess
 from schemas.events import EVENT_TYPES
-from streams.kafka_admin import ensure_topics
 from streams.settings import Settings
 from streams.simulator import produce_events
-from streams.worker import pipeline_topics
+from streams.worker import prepare_topics
 
 
 async def bare_consumer_seconds(settings: Settings, topics: list[str], expected: int) -> float:
@@ -96,7 +95,7 @@ def run(events: int, accounts: int, workdir: Path) -> dict:
     raw_topics = [settings.topic(t.topic) for t in EVENT_TYPES.values()]
     kafka.start()
     try:
-        asyncio.run(ensure_topics(settings.kafka_bootstrap, pipeline_topics(settings), settings.topic_partitions, 1))
+        asyncio.run(prepare_topics(settings))
         began = time.perf_counter()
         counts = asyncio.run(
             produce_events(

@@ -14,9 +14,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from deploy.local.kafka import free_port
 from deploy.local.worker_process import WorkerProcess
-from streams.kafka_admin import ensure_topics
 from streams.settings import Settings
-from streams.worker import pipeline_topics
+from streams.worker import prepare_topics
 
 
 def isolated_settings(bootstrap: str, data_dir: Path, **overrides: object) -> Settings:
@@ -33,7 +32,7 @@ def isolated_settings(bootstrap: str, data_dir: Path, **overrides: object) -> Se
 
 
 def start_worker(settings: Settings, name: str = "worker") -> WorkerProcess:
-    asyncio.run(ensure_topics(settings.kafka_bootstrap, pipeline_topics(settings), settings.topic_partitions, 1))
+    asyncio.run(prepare_topics(settings))
     worker = WorkerProcess(settings, settings.data_dir / "logs" / f"{name}.log")
     worker.start()
     return worker
