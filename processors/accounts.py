@@ -41,7 +41,8 @@ def fold_events(
     folded = Folded()
     for position, event in positioned_events:
         state = state_for(event["account_id"])
-        if position <= state.applied_upto or _origin_absorbed(state, event["_origin"]):
+        origin = event.get("_origin")  # None for an event re-routed after a late resolution
+        if position <= state.applied_upto or (origin is not None and _origin_absorbed(state, origin)):
             folded.replayed += 1
             continue
         state.applied_upto = position

@@ -1,15 +1,193 @@
-"""Which account an event belongs to, and where that account's state lives."""
+"""Which account an event belongs to, and where that account's state lives.
+
+Resolution, best evidence first: an explicit ``account_id``; a contact id or an email
+the directory has seen resolved before (a contact, once resolved, stays resolved); the
+registrable domain of the email; the registrable domain of ``account_domain`` (a page
+view's reverse-IP company lookup). Personal email domains never match nor create an
+account. An event none of these resolve waits on its registrable domain, or failing
+one, on its contact (``contact:id:...`` or ``contact:email:...``): a later account or
+contact record, or another event of the contact, resolves it.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import zlib
-from typing import Any
+from collections import OrderedDict
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import lru_cache
+from typing import Any, Final
+
+from publicsuffixlist import PublicSuffixList
+
+# Free-mail and ISP domains: a person's address there says nothing about their employer.
+PERSONAL_DOMAINS: Final = frozenset(
+    {
+        "gmail.com", "googlemail.com", "outlook.com", "hotmail.com", "hotmail.co.uk", "hotmail.fr",
+        "live.com", "live.co.uk", "msn.com", "yahoo.com", "yahoo.co.uk", "yahoo.fr", "yahoo.de",
+        "yahoo.co.jp", "yahoo.com.br", "ymail.com", "rocketmail.com", "icloud.com", "me.com", "mac.com",
+        "aol.com", "proton.me", "protonmail.com", "pm.me", "gmx.de", "gmx.net", "gmx.com", "web.de",
+        "t-online.de", "mail.com", "email.com", "yandex.ru", "yandex.com", "mail.ru", "qq.com",
+        "163.com", "126.com", "sina.com", "zoho.com", "fastmail.com", "hey.com", "tutanota.com",
+        "orange.fr", "free.fr", "laposte.net", "libero.it", "comcast.net", "verizon.net",
+        "att.net", "naver.com", "daum.net", "rediffmail.com",
+    }
+)
+
+_PSL: Final = PublicSuffixList()
 
 
-def resolve_account(event: dict[str, Any]) -> str | None:
-    """The account an event belongs to, or None when it cannot be attributed yet."""
-    account_id = event.get("account_id")
-    return account_id if isinstance(account_id, str) and account_id else None
+class Method(StrEnum):
+    EXPLICIT = "explicit"
+    CONTACT_ID = "contact_id"
+    EMAIL = "email"
+    EMAIL_DOMAIN = "email_domain"
+    ACCOUNT_DOMAIN = "account_domain"
+    UNRESOLVED = "unresolved"
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    account_id: str | None
+    method: Method
+    waiting_on: str | None = None  # the registrable domain that would resolve it later
+
+
+@lru_cache(maxsize=65_536)
+def registrable_domain(host: str) -> str | None:
+    """eTLD+1 of a host name (``mail.eu.acme.co.uk`` -> ``acme.co.uk``); None for garbage,
+    IP addresses and bare public suffixes."""
+    if not isinstance(host, str):
+        return None
+    name = host.strip().rstrip(".").lower()
+    if not name or "@" in name or "/" in name or " " in name:
+        return None
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return None
+    except ValueError:
+        pass
+    try:
+        name = name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    return _PSL.privatesuffix(name)
+
+
+def is_personal_domain(domain: str) -> bool:
+    return domain in PERSONAL_DOMAINS
+
+
+def normalize_email(email: object) -> str | None:
+    """``Jane.Doe+news@Mail.Acme.COM`` -> ``jane.doe@mail.acme.com``; None when not an email."""
+    if not isinstance(email, str):
+        return None
+    local, at, domain = email.strip().lower().rpartition("@")
+    local = local.split("+", 1)[0]
+    domain = domain.rstrip(".")
+    if not at or not local or not domain or "@" in local:
+        return None
+    return f"{local}@{domain}"
+
+
+def email_domain(email: object) -> str | None:
+    """The registrable domain of an email address."""
+    normalized = normalize_email(email)
+    return registrable_domain(normalized.rpartition("@")[2]) if normalized else None
+
+
+class AccountDirectory:
+    """Accounts by registrable domain, and contacts (ids and emails) by account.
+
+    A domain belongs to one account: a later account record listing it takes it over.
+    Contacts are bounded: past ``max_contacts`` ids and emails, the least recently used
+    are forgotten (their next event resolves by domain again, or waits).
+    """
+
+    def __init__(self, max_contacts: int = 2_000_000) -> None:
+        self._max_contacts = max_contacts
+        self._account_by_domain: dict[str, str] = {}
+        self._domains_of: dict[str, set[str]] = {}
+        self._account_by_contact: OrderedDict[str, str] = OrderedDict()  # "id:..." / "email:..." keys
+
+    def learn_account(self, account_id: str, domains: list[str] | tuple[str, ...]) -> list[str]:
+        """Maps the account's registrable domains (personal ones ignored); returns those
+        that resolve to it now and did not before."""
+        wanted = {d for d in (registrable_domain(x) for x in domains) if d and not is_personal_domain(d)}
+        for dropped in self._domains_of.get(account_id, set()) - wanted:
+            if self._account_by_domain.get(dropped) == account_id:
+                del self._account_by_domain[dropped]
+        newly = sorted(d for d in wanted if self._account_by_domain.get(d) != account_id)
+        for domain in newly:
+            previous = self._account_by_domain.get(domain)
+            if previous is not None:
+                self._domains_of[previous].discard(domain)
+            self._account_by_domain[domain] = account_id
+        self._domains_of[account_id] = wanted
+        return newly
+
+    def forget_account(self, account_id: str) -> None:
+        for domain in self._domains_of.pop(account_id, set()):
+            if self._account_by_domain.get(domain) == account_id:
+                del self._account_by_domain[domain]
+
+    def account_for_domain(self, domain: str) -> str | None:
+        return self._account_by_domain.get(domain)
+
+    def learn_contact(self, contact_id: object, email: object, account_id: str) -> bool:
+        """Remembers the contact's account; True when that is news."""
+        learned = False
+        for key, _ in _contact_keys(contact_id, email):
+            if self._account_by_contact.get(key) != account_id:
+                learned = True
+            self._account_by_contact[key] = account_id
+            self._account_by_contact.move_to_end(key)
+        while len(self._account_by_contact) > self._max_contacts:
+            self._account_by_contact.popitem(last=False)
+        return learned
+
+    def resolve(self, event: dict[str, Any]) -> Resolution:
+        explicit = event.get("account_id")
+        if isinstance(explicit, str) and explicit:
+            return Resolution(explicit, Method.EXPLICIT)
+        contact_id, email = event.get("contact_id"), event.get("email")
+        for key, method in _contact_keys(contact_id, email):
+            account_id = self._account_by_contact.get(key)
+            if account_id is not None:
+                return Resolution(account_id, method)
+        waiting_on = None
+        for domain, method in ((email_domain(email), Method.EMAIL_DOMAIN), (_domain_field(event), Method.ACCOUNT_DOMAIN)):
+            if domain is None or is_personal_domain(domain):
+                continue
+            account_id = self._account_by_domain.get(domain)
+            if account_id is not None:
+                return Resolution(account_id, method)
+            waiting_on = waiting_on or domain
+        if waiting_on is None:  # no business domain: the contact itself may become known
+            waiting_on = next(iter(waiting_keys(contact_id, email)), None)
+        return Resolution(None, Method.UNRESOLVED, waiting_on)
+
+
+def _domain_field(event: dict[str, Any]) -> str | None:
+    value = event.get("account_domain")
+    return registrable_domain(value) if isinstance(value, str) else None
+
+
+def _contact_keys(contact_id: object, email: object) -> list[tuple[str, Method]]:
+    """Directory keys of a contact, id first, each with the method it resolves by."""
+    keys = []
+    if isinstance(contact_id, str) and contact_id:
+        keys.append((f"id:{contact_id}", Method.CONTACT_ID))
+    normalized = normalize_email(email)
+    if normalized:
+        keys.append((f"email:{normalized}", Method.EMAIL))
+    return keys
+
+
+def waiting_keys(contact_id: object, email: object) -> list[str]:
+    """What an event of this contact can wait on besides a domain (which never has a ':')."""
+    return [f"contact:{key}" for key, _ in _contact_keys(contact_id, email)]
 
 
 def account_partition(account_id: str, partitions: int) -> int:

@@ -1,5 +1,5 @@
-"""Routing a batch of raw messages: valid and attributed events grouped by the
-partition that owns their account, the rest set aside with a reason.
+"""Routing a batch of raw messages: valid events attributed to an account and grouped by
+the partition that owns it; the rest set aside with a reason or with what they wait on.
 
 Each routed event carries its origin, ``_origin = [raw topic, partition, offset]``:
 a worker killed after forwarding but before committing forwards the same raw messages
@@ -12,23 +12,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from processors.identity import account_partition, resolve_account
+from processors.identity import AccountDirectory, account_partition, waiting_keys
 from processors.validation import Rejection, validate_event
+
+Origin = tuple[str, int, int]  # (topic, partition, offset) of the raw message
+LearnedContact = tuple[str | None, str | None, str]  # (contact id, email, account id)
 
 
 @dataclass(slots=True)
 class RoutedBatch:
     by_partition: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     rejected: list[tuple[int, Rejection]] = field(default_factory=list)  # (index in batch, why)
-    unresolved: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    unresolved: list[tuple[int, dict[str, Any], str | None]] = field(default_factory=list)  # (index, event, waiting on)
+    learned_contacts: list[LearnedContact] = field(default_factory=list)  # new to the directory
     valid_by_type: dict[str, int] = field(default_factory=dict)
 
 
-Origin = tuple[str, int, int]  # (topic, partition, offset) of the raw message
-
-
 def route_batch(
-    raw_values: Sequence[bytes | None], origins: Sequence[Origin], received_at_ms: int, partitions: int
+    raw_values: Sequence[bytes | None],
+    origins: Sequence[Origin],
+    received_at_ms: int,
+    partitions: int,
+    directory: AccountDirectory,
 ) -> RoutedBatch:
     routed = RoutedBatch()
     for index, raw in enumerate(raw_values):
@@ -38,13 +43,31 @@ def route_batch(
             continue
         result["_origin"] = origins[index]
         routed.valid_by_type[result["type"]] = routed.valid_by_type.get(result["type"], 0) + 1
-        account_id = resolve_account(result)
-        if account_id is None:
-            routed.unresolved.append((index, result))
+        resolution = directory.resolve(result)
+        if resolution.account_id is None:
+            routed.unresolved.append((index, result, resolution.waiting_on))
             continue
-        partition = account_partition(account_id, partitions)
-        bucket = routed.by_partition.get(partition)
-        if bucket is None:
-            bucket = routed.by_partition[partition] = []
-        bucket.append(result)
+        attribute(result, resolution.account_id, directory, routed.learned_contacts)
+        add_to_partition(routed.by_partition, result, partitions)
     return routed
+
+
+def attribute(event: dict[str, Any], account_id: str, directory: AccountDirectory, learned: list[LearnedContact]) -> None:
+    """Gives the event its account; a contact it names now stays with that account."""
+    event["account_id"] = account_id
+    contact_id, email = event.get("contact_id"), event.get("email")
+    if (contact_id or email) and directory.learn_contact(contact_id, email, account_id):
+        learned.append((contact_id, email, account_id))
+
+
+def add_to_partition(by_partition: dict[int, list[dict[str, Any]]], event: dict[str, Any], partitions: int) -> None:
+    partition = account_partition(event["account_id"], partitions)
+    bucket = by_partition.get(partition)
+    if bucket is None:
+        bucket = by_partition[partition] = []
+    bucket.append(event)
+
+
+def keys_resolved_by(learned: list[LearnedContact]) -> set[str]:
+    """The waiting keys newly learned contacts resolve."""
+    return {key for contact_id, email, _ in learned for key in waiting_keys(contact_id, email)}

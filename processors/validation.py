@@ -119,3 +119,52 @@ def validate_event(raw: bytes, received_at_ms: int) -> Event | Rejection:
     data["occurred_at_ms"] = checked
     data["received_at_ms"] = received_at_ms
     return data
+
+
+def _decode_object(raw: bytes) -> dict[str, Any] | Rejection:
+    if len(raw) > MAX_EVENT_BYTES:
+        return Rejection(Reason.TOO_LARGE, f"payload of {len(raw)} bytes exceeds {MAX_EVENT_BYTES}")
+    data = _decode(raw)
+    if isinstance(data, Rejection):
+        return data
+    if not isinstance(data, dict):
+        return Rejection(Reason.NOT_OBJECT, f"payload is a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _check_types(data: dict[str, Any], record: str, required: dict[str, type], optional: dict[str, type]) -> Rejection | None:
+    for name, kind in required.items():
+        if data.get(name) in (None, ""):
+            return Rejection(Reason.MISSING_FIELD, f"{record} record requires field {name!r}")
+    for name, kind in {**required, **optional}.items():
+        value = data.get(name)
+        if value is not None and (not isinstance(value, kind) or (kind is str and len(value) > MAX_STRING_LENGTH)):
+            return Rejection(Reason.BAD_FIELD, f"{record} field {name!r} must be a {kind.__name__}")
+    return None
+
+
+def validate_account(raw: bytes) -> dict[str, Any] | Rejection:
+    """An account reference record: account_id, name, domains (strings), target flag, tier."""
+    data = _decode_object(raw)
+    if isinstance(data, Rejection):
+        return data
+    wrong = _check_types(data, "account", {"account_id": str}, {"name": str, "domains": list, "target": bool, "tier": str})
+    if wrong is not None:
+        return wrong
+    domains = data.setdefault("domains", [])
+    if not all(isinstance(domain, str) and 0 < len(domain) <= 253 for domain in domains):
+        return Rejection(Reason.BAD_FIELD, "account field 'domains' must be a list of domain names")
+    return data
+
+
+def validate_contact(raw: bytes) -> dict[str, Any] | Rejection:
+    """A contact reference record: its account and a contact id, an email or both."""
+    data = _decode_object(raw)
+    if isinstance(data, Rejection):
+        return data
+    wrong = _check_types(data, "contact", {"account_id": str}, {"contact_id": str, "email": str, "title": str})
+    if wrong is not None:
+        return wrong
+    if not data.get("contact_id") and not data.get("email"):
+        return Rejection(Reason.MISSING_FIELD, "contact record requires 'contact_id' or 'email'")
+    return data

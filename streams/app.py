@@ -10,6 +10,7 @@ state. Both hand their consumed events to the one Checkpoint, which owns commits
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -22,17 +23,21 @@ from clickhouse_connect.driver.client import Client
 
 from processors.accounts import fold_events
 from processors.dedup import DedupPolicy
-from processors.routing import route_batch
+from processors.identity import AccountDirectory
+from processors.routing import LearnedContact, add_to_partition, attribute, keys_resolved_by, route_batch
+from processors.validation import Rejection
 from processors.scoring import ScoringConfig
 from processors.stages import StageRules
-from schemas.events import TOPIC_BY_ACCOUNT, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, source_topics
+from schemas.events import TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, source_topics
 from streams.checkpoint import Checkpoint
+from streams.directory import DirectoryFeed, contact_record
 from streams.metrics import PipelineStats
 from streams.offsets import OffsetGuard
 from streams.rows import account_rows, event_row, transition_rows
 from streams.settings import Settings
 from streams.sink import ACCOUNT_COLUMNS, EVENT_COLUMNS, TRANSITION_COLUMNS, ClickHouseSink
 from streams.state import AccountStates
+from streams.unresolved import RESOLUTION_COLUMNS, UNRESOLVED_COLUMNS, pending_events, resolution_row, unresolved_row, waiting_domains
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +91,22 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
     by_account_topic = app.topic(settings.topic(TOPIC_BY_ACCOUNT), value_type=bytes, partitions=partitions)
     dead_letters = settings.topic(TOPIC_DEAD_LETTERS)
     unresolved = settings.topic(TOPIC_UNRESOLVED)
+    contacts_topic = settings.topic(TOPIC_CONTACTS)
+    directory = AccountDirectory(max_contacts=settings.directory_max_contacts)
+    waiting = set(waiting_domains(client))  # domains some unresolved event waits on
     # bytes types make the changelog raw: the store and topic hold AccountState.to_bytes() as is
     table = app.Table("account-state", partitions=partitions, key_type=bytes, value_type=bytes)
 
     states = AccountStates(table, partitions, max_cached=settings.state_cache_accounts)
     sink = ClickHouseSink(
-        client, {"events": EVENT_COLUMNS, "account_scores": ACCOUNT_COLUMNS, "stage_transitions": TRANSITION_COLUMNS}
+        client,
+        {
+            "events": EVENT_COLUMNS,
+            "account_scores": ACCOUNT_COLUMNS,
+            "stage_transitions": TRANSITION_COLUMNS,
+            "unresolved_events": UNRESOLVED_COLUMNS,
+            "unresolved_resolutions": RESOLUTION_COLUMNS,
+        },
     )
     checkpoint = Checkpoint(
         app,
@@ -114,10 +129,76 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
         stats.stale_dropped += admitted.stale
         return admitted.fresh
 
+    async def forward(by_partition: dict[int, list[dict[str, Any]]], learned: list[LearnedContact]) -> None:
+        """Attributed events to their account's partition; newly learned contacts to the directory."""
+        producer = app.producer
+        for partition, bucket in by_partition.items():
+            for start in range(0, len(bucket), EVENTS_PER_MESSAGE):
+                chunk = orjson.dumps(bucket[start : start + EVENTS_PER_MESSAGE])
+                await producer.send(by_account_topic.get_topic_name(), None, chunk, partition, None, None)
+            stats.forwarded += len(bucket)
+        for contact_id, email, account_id in learned:
+            key, value = contact_record(contact_id, email, account_id)
+            await producer.send(contacts_topic, key, value, None, None, None)
+        stats.contacts_learned += len(learned)
+
+    async def dead_letter(message: Any, rejection: Rejection) -> None:
+        await app.producer.send(dead_letters, message.key, message.value, None, None, _reason_headers(message, rejection))
+        reason = rejection.reason.value
+        stats.invalid_by_reason[reason] = stats.invalid_by_reason.get(reason, 0) + 1
+
+    async def reroute_waiting(learned_keys: set[str]) -> None:
+        """Re-routes the events that waited on what the directory just learned (domains,
+        contacts); the caller holds the checkpoint lock."""
+        keys = learned_keys & waiting
+        if not keys or checkpoint.closed:
+            return
+        await checkpoint.commit()  # unresolved rows still buffered reach ClickHouse first
+        by_partition: dict[int, list[dict[str, Any]]] = {}
+        learned: list[LearnedContact] = []
+        resolutions = []
+        now_ms = int(time.time() * 1000)
+        for waiting_on, event in await asyncio.to_thread(pending_events, client, keys):
+            account_id = directory.resolve(event).account_id
+            if account_id is None:  # its domain was reassigned meanwhile: it waits on
+                continue
+            attribute(event, account_id, directory, learned)
+            add_to_partition(by_partition, event, partitions)
+            resolutions.append(resolution_row(event, waiting_on, now_ms))
+        await forward(by_partition, learned)
+        await app.producer.flush()  # forwarded before they are marked resolved
+        sink.add("unresolved_resolutions", resolutions)
+        waiting.difference_update(keys)
+        stats.resolved_later += len(resolutions)
+        await reroute_waiting(keys_resolved_by(learned))  # contacts those events taught
+
+    async def directory_learned(keys: set[str]) -> None:
+        if keys & waiting:
+            async with checkpoint.lock:
+                await reroute_waiting(keys)
+
+    feed = DirectoryFeed(
+        settings.kafka_bootstrap,
+        settings.topic(TOPIC_ACCOUNTS),
+        contacts_topic,
+        directory,
+        on_keys_learned=directory_learned,
+        on_invalid=dead_letter,
+    )
+
+    @app.task
+    async def follow_directory() -> None:
+        while True:  # a broken connection must not leave the directory stale for good
+            try:
+                await feed.run()
+            except Exception:
+                log.exception("account directory feed failed; restarting it")
+                await asyncio.sleep(1.0)
+
     @app.agent(raw_topic, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
-        producer = app.producer
         async for events in stream.noack_take(settings.batch_max_events, settings.batch_within_s):
+            await feed.ready.wait()  # resolve as the directory stands, never against a half-read one
             async with checkpoint.lock:
                 fresh = admit(events)
                 routed = route_batch(
@@ -125,23 +206,21 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
                     [(e.message.topic, e.message.partition, e.message.offset) for e in fresh],
                     int(time.time() * 1000),
                     partitions,
+                    directory,
                 )
                 for index, rejection in routed.rejected:
-                    message = fresh[index].message
-                    await producer.send(dead_letters, message.key, message.value, None, None, _reason_headers(message, rejection))
-                    reason = rejection.reason.value
-                    stats.invalid_by_reason[reason] = stats.invalid_by_reason.get(reason, 0) + 1
-                for index, event in routed.unresolved:
-                    await producer.send(unresolved, fresh[index].message.key, orjson.dumps(event), None, None, None)
-                for partition, bucket in routed.by_partition.items():
-                    for start in range(0, len(bucket), EVENTS_PER_MESSAGE):
-                        chunk = orjson.dumps(bucket[start : start + EVENTS_PER_MESSAGE])
-                        await producer.send(by_account_topic.get_topic_name(), None, chunk, partition, None, None)
-                    stats.forwarded += len(bucket)
+                    await dead_letter(fresh[index].message, rejection)
+                for index, event, waiting_on in routed.unresolved:
+                    await app.producer.send(unresolved, (waiting_on or "").encode(), orjson.dumps(event), None, None, None)
+                    if waiting_on:
+                        waiting.add(waiting_on)
+                sink.add("unresolved_events", [unresolved_row(event, waiting_on) for _, event, waiting_on in routed.unresolved])
+                await forward(routed.by_partition, routed.learned_contacts)
                 stats.raw_in += len(fresh)
                 stats.unresolved += len(routed.unresolved)
                 stats.add_counts(stats.valid_by_type, routed.valid_by_type)
                 checkpoint.track(fresh)
+                await reroute_waiting(keys_resolved_by(routed.learned_contacts))
                 await checkpoint.commit_if_due()
 
     @app.agent(by_account_topic, name="score")

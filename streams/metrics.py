@@ -11,7 +11,9 @@ class PipelineStats:
     raw_in: int = 0
     valid_by_type: dict[str, int] = field(default_factory=dict)
     invalid_by_reason: dict[str, int] = field(default_factory=dict)
-    unresolved: int = 0
+    unresolved: int = 0  # valid events no account could be found for (kept, see unresolved_pending)
+    resolved_later: int = 0  # unresolved events re-routed once their domain became known
+    contacts_learned: int = 0  # contact -> account links learned from events and published
     forwarded: int = 0
     redelivered_skipped: int = 0  # offsets delivered again after a seek (not reprocessed)
     stale_dropped: int = 0  # fetched before a rebalance: left to the partition's owner

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     state_cache_accounts: int = Field(200_000, ge=1, description="account states kept in memory between checkpoints")
     checkpoint_interval_s: float = Field(1.0, gt=0, description="checkpoint at least this often")
 
+    # Identity resolution
+    directory_max_contacts: int = Field(
+        2_000_000, ge=1000, description="contacts (ids and emails) the account directory keeps in memory; least recent dropped"
+    )
+
     # De-duplication by (source, event id)
     dedup_horizon_hours: float = Field(48.0, ge=24, description="event-time span within which a repeated event id is recognised")
     dedup_max_ids_per_account: int = Field(200_000, ge=1000, description="hard cap on remembered event ids per account")

@@ -5,6 +5,7 @@ from hypothesis import given, settings, strategies as st
 
 from processors.accounts import fold_events
 from processors.dedup import DedupPolicy
+from processors.identity import AccountDirectory
 from processors.routing import route_batch
 from processors.scoring import DAY_MS, AccountState, ScoringConfig, apply_event, score_at
 from processors.stages import StageRules, stage_for
@@ -98,9 +99,9 @@ def test_route_batch_groups_by_account_partition_and_sets_aside_the_rest():
     good = b'{"event_id":"1","type":"page_view","occurred_at":1763960000000,"source":"web","url":"u","account_id":"a1"}'
     no_account = b'{"event_id":"2","type":"page_view","occurred_at":1763960000000,"source":"web","url":"u"}'
     origins = [("raw", 0, offset) for offset in range(5)]
-    routed = route_batch([good, b"nope", no_account, None, good], origins, T0, 8)
+    routed = route_batch([good, b"nope", no_account, None, good], origins, T0, 8, AccountDirectory())
     assert sum(len(v) for v in routed.by_partition.values()) == 2
     assert [i for i, _ in routed.rejected] == [1, 3]
-    assert [i for i, _ in routed.unresolved] == [2]
+    assert [(i, waiting_on) for i, _, waiting_on in routed.unresolved] == [(2, None)]
     assert routed.valid_by_type == {"page_view": 3}
     assert [e["_origin"] for bucket in routed.by_partition.values() for e in bucket] == [("raw", 0, 0), ("raw", 0, 4)]

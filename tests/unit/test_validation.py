@@ -2,7 +2,15 @@ import orjson
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from processors.validation import MAX_EVENT_BYTES, Reason, Rejection, parse_timestamp_ms, validate_event
+from processors.validation import (
+    MAX_EVENT_BYTES,
+    Reason,
+    Rejection,
+    parse_timestamp_ms,
+    validate_account,
+    validate_contact,
+    validate_event,
+)
 
 NOW = 1_763_964_000_000  # 2025-11-24T06:00:00Z
 
@@ -73,3 +81,27 @@ def test_arbitrary_bytes_never_crash(raw):
 def test_arbitrary_objects_never_crash(data):
     result = validate_event(orjson.dumps(data), NOW)
     assert isinstance(result, (Rejection, dict))
+
+
+@pytest.mark.parametrize(
+    "record, reason",
+    [
+        ({"name": "Acme", "domains": ["acme.com"]}, Reason.MISSING_FIELD),
+        ({"account_id": 7}, Reason.BAD_FIELD),
+        ({"account_id": "a1", "domains": "acme.com"}, Reason.BAD_FIELD),
+        ({"account_id": "a1", "domains": ["acme.com", 3]}, Reason.BAD_FIELD),
+        ({"account_id": "a1", "target": "yes"}, Reason.BAD_FIELD),
+    ],
+)
+def test_bad_account_records(record, reason):
+    result = validate_account(orjson.dumps(record))
+    assert isinstance(result, Rejection) and result.reason is reason and result.message
+
+
+def test_account_and_contact_records():
+    account = validate_account(b'{"account_id": "a1", "name": "Acme", "target": true, "tier": "1"}')
+    assert account == {"account_id": "a1", "name": "Acme", "target": True, "tier": "1", "domains": []}
+    assert validate_contact(b'{"email": "x@acme.com", "account_id": "a1"}')["email"] == "x@acme.com"
+    assert validate_contact(b'{"account_id": "a1", "title": "CTO"}').reason is Reason.MISSING_FIELD
+    assert validate_contact(b'{"contact_id": "c1"}').reason is Reason.MISSING_FIELD
+    assert validate_contact(b"[]").reason is Reason.NOT_OBJECT
