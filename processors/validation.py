@@ -104,8 +104,8 @@ def _check_fields(data: dict[str, Any], received_at_ms: int) -> Rejection | int:
     return occurred_at_ms
 
 
-def validate_event(raw: bytes, received_at_ms: int) -> Event | Rejection:
-    """A canonical event from raw message bytes, or the reason it is not one."""
+def _decode_object(raw: bytes) -> dict[str, Any] | Rejection:
+    """A JSON object of at most MAX_EVENT_BYTES, or why the bytes are not one."""
     if len(raw) > MAX_EVENT_BYTES:
         return Rejection(Reason.TOO_LARGE, f"payload of {len(raw)} bytes exceeds {MAX_EVENT_BYTES}")
     data = _decode(raw)
@@ -113,22 +113,19 @@ def validate_event(raw: bytes, received_at_ms: int) -> Event | Rejection:
         return data
     if not isinstance(data, dict):
         return Rejection(Reason.NOT_OBJECT, f"payload is a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def validate_event(raw: bytes, received_at_ms: int) -> Event | Rejection:
+    """A canonical event from raw message bytes, or the reason it is not one."""
+    data = _decode_object(raw)
+    if isinstance(data, Rejection):
+        return data
     checked = _check_fields(data, received_at_ms)
     if isinstance(checked, Rejection):
         return checked
     data["occurred_at_ms"] = checked
     data["received_at_ms"] = received_at_ms
-    return data
-
-
-def _decode_object(raw: bytes) -> dict[str, Any] | Rejection:
-    if len(raw) > MAX_EVENT_BYTES:
-        return Rejection(Reason.TOO_LARGE, f"payload of {len(raw)} bytes exceeds {MAX_EVENT_BYTES}")
-    data = _decode(raw)
-    if isinstance(data, Rejection):
-        return data
-    if not isinstance(data, dict):
-        return Rejection(Reason.NOT_OBJECT, f"payload is a JSON {type(data).__name__}, not an object")
     return data
 
 

@@ -38,8 +38,8 @@ def start_worker(settings: Settings, name: str = "worker") -> WorkerProcess:
     return worker
 
 
-async def produce(bootstrap: str, records: list[tuple[str, bytes | None, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+async def produce(bootstrap: str, records: list[tuple[str, bytes | None, bytes]], max_request_size: int = 1 << 20) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", max_request_size=max_request_size)
     await producer.start()
     try:
         futures = [await producer.send(topic, value, key=key) for topic, key, value in records]

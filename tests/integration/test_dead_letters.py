@@ -9,11 +9,10 @@ from collections import Counter
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from schemas.events import EVENT_TYPES, TOPIC_DEAD_LETTERS
 from streams.simulator import encode, iter_events
-from tests.integration.support import consume_all, isolated_settings, query, start_worker
+from tests.integration.support import consume_all, isolated_settings, produce, query, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -41,16 +40,6 @@ def bad_messages(now_ms: int, good: dict) -> list[tuple[bytes, str]]:
     ]
 
 
-async def produce_burst(bootstrap: str, records: list[tuple[str, bytes | None, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", max_request_size=4 << 20)
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, value, key=key) for topic, key, value in records]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
 def test_burst_of_good_and_bad_messages(kafka_bootstrap, tmp_path):
     settings = isolated_settings(kafka_bootstrap, tmp_path / "abm")
     goods = list(iter_events(seed=21, accounts=50, contacts_per_account=3, count=7_000, expected_events=7_000, history_days=1))
@@ -71,7 +60,7 @@ def test_burst_of_good_and_bad_messages(kafka_bootstrap, tmp_path):
 
     worker = start_worker(settings)
     try:
-        asyncio.run(produce_burst(kafka_bootstrap, records))
+        asyncio.run(produce(kafka_bootstrap, records, max_request_size=4 << 20))
         worker.wait_drained(timeout_s=180)
         stats = worker.status()["stats"]
         assert stats["raw_in"] == 10_000 and stats["applied"] == 7_000
@@ -79,7 +68,7 @@ def test_burst_of_good_and_bad_messages(kafka_bootstrap, tmp_path):
         dead = asyncio.run(consume_all(kafka_bootstrap, settings.topic(TOPIC_DEAD_LETTERS), 3_000, timeout_s=60))
         # still healthy: a good event sent after the burst is processed
         late = {**orjson.loads(encode(goods[-1])), "event_id": "after-the-burst"}
-        asyncio.run(produce_burst(kafka_bootstrap, [(records[0][0], b"k", orjson.dumps(late))]))
+        asyncio.run(produce(kafka_bootstrap, [(records[0][0], b"k", orjson.dumps(late))]))
         worker.wait_drained(timeout_s=60)
         assert worker.status()["stats"]["applied"] == 7_001
     finally:
