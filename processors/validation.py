@@ -7,6 +7,8 @@ dicts, not model objects: this runs once per event on the hot path.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -19,7 +21,9 @@ from schemas.events import (
     MAX_EVENT_BYTES,
     MAX_STRING_LENGTH,
     OPTIONAL_STRING_FIELDS,
+    RECORD_TYPES,
     REQUIRED_FIELDS,
+    Field,
 )
 
 MIN_OCCURRED_AT_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
@@ -35,6 +39,7 @@ class Reason(StrEnum):
     MISSING_FIELD = "missing_field"
     BAD_FIELD = "bad_field"
     BAD_TIMESTAMP = "bad_timestamp"
+    OUT_OF_RANGE = "out_of_range"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +99,13 @@ def _check_fields(data: dict[str, Any], received_at_ms: int) -> Rejection | int:
     properties = data.get("properties")
     if properties is not None and not isinstance(properties, dict):
         return Rejection(Reason.BAD_FIELD, "field 'properties' must be an object")
+    property_fields = _PROPERTY_FIELDS[event_type]
+    if property_fields:
+        wrong = check_fields(properties or {}, property_fields, f"{event_type} property")
+        if wrong is not None:
+            return wrong
+    if data.get("received_at") is not None and parse_timestamp_ms(data["received_at"]) is None:
+        return Rejection(Reason.BAD_TIMESTAMP, "received_at must be ISO-8601 with a time zone, or epoch milliseconds")
     occurred_at_ms = parse_timestamp_ms(data["occurred_at"])
     if occurred_at_ms is None:
         return Rejection(Reason.BAD_TIMESTAMP, "occurred_at must be ISO-8601 with a time zone, or epoch milliseconds")
@@ -102,6 +114,47 @@ def _check_fields(data: dict[str, Any], received_at_ms: int) -> Rejection | int:
     if occurred_at_ms > received_at_ms + MAX_FUTURE_MS:
         return Rejection(Reason.BAD_TIMESTAMP, "occurred_at is more than one day in the future")
     return occurred_at_ms
+
+
+def _is_string(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_STRING_LENGTH
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "string": _is_string,
+    "integer": lambda value: isinstance(value, int) and not isinstance(value, bool),
+    "number": _is_number,
+    "boolean": lambda value: isinstance(value, bool),
+    "string_list": lambda value: isinstance(value, list) and all(_is_string(item) and item for item in value),
+}
+_PATTERNS = {f.pattern: re.compile(f.pattern) for t in EVENT_TYPES.values() for f in t.properties if f.pattern}
+_PROPERTY_FIELDS = {name: t.properties for name, t in EVENT_TYPES.items()}
+
+
+def check_fields(data: dict[str, Any], fields: tuple[Field, ...], what: str) -> Rejection | None:
+    """Why ``data`` breaks the field definitions (presence, type, choices, pattern, range), if it does."""
+    for f in fields:
+        value = data.get(f.name)
+        if value is None or value == "":
+            if f.required:
+                return Rejection(Reason.MISSING_FIELD, f"{what} {f.name!r} is required")
+            continue
+        if not _TYPE_CHECKS[f.kind](value):
+            return Rejection(Reason.BAD_FIELD, f"{what} {f.name!r} must be a {f.kind.replace('_', ' of ')}")
+        if f.choices and value not in f.choices:
+            return Rejection(Reason.BAD_FIELD, f"{what} {f.name!r} must be one of {', '.join(f.choices)}")
+        if f.pattern and not _PATTERNS[f.pattern].fullmatch(value):
+            return Rejection(Reason.BAD_FIELD, f"{what} {f.name!r} must match {f.pattern}")
+        if (f.minimum is not None and value < f.minimum) or (f.maximum is not None and value > f.maximum):
+            bounds = f"[{'-inf' if f.minimum is None else f'{f.minimum:g}'}, {'inf' if f.maximum is None else f'{f.maximum:g}'}]"
+            return Rejection(Reason.OUT_OF_RANGE, f"{what} {f.name!r} = {value} is outside {bounds}")
+        if f.requires and data.get(f.requires) in (None, ""):
+            return Rejection(Reason.MISSING_FIELD, f"{what} {f.name!r} needs {f.requires!r} with it")
+    return None
 
 
 def _decode_object(raw: bytes) -> dict[str, Any] | Rejection:
@@ -129,39 +182,24 @@ def validate_event(raw: bytes, received_at_ms: int) -> Event | Rejection:
     return data
 
 
-def _check_types(data: dict[str, Any], record: str, required: dict[str, type], optional: dict[str, type]) -> Rejection | None:
-    for name, kind in required.items():
-        if data.get(name) in (None, ""):
-            return Rejection(Reason.MISSING_FIELD, f"{record} record requires field {name!r}")
-    for name, kind in {**required, **optional}.items():
-        value = data.get(name)
-        if value is not None and (not isinstance(value, kind) or (kind is str and len(value) > MAX_STRING_LENGTH)):
-            return Rejection(Reason.BAD_FIELD, f"{record} field {name!r} must be a {kind.__name__}")
-    return None
+def validate_record(kind: str, raw: bytes) -> dict[str, Any] | Rejection:
+    """A reference record (``account`` or ``contact``) from raw bytes, or why it is not one."""
+    data = _decode_object(raw)
+    if isinstance(data, Rejection):
+        return data
+    wrong = check_fields(data, RECORD_TYPES[kind].fields, kind)
+    if wrong is not None:
+        return wrong
+    if kind == "contact" and not data.get("contact_id") and not data.get("email"):
+        return Rejection(Reason.MISSING_FIELD, "contact record requires 'contact_id' or 'email'")
+    if kind == "account":
+        data.setdefault("domains", [])
+    return data
 
 
 def validate_account(raw: bytes) -> dict[str, Any] | Rejection:
-    """An account reference record: account_id, name, domains (strings), target flag, tier."""
-    data = _decode_object(raw)
-    if isinstance(data, Rejection):
-        return data
-    wrong = _check_types(data, "account", {"account_id": str}, {"name": str, "domains": list, "target": bool, "tier": str})
-    if wrong is not None:
-        return wrong
-    domains = data.setdefault("domains", [])
-    if not all(isinstance(domain, str) and 0 < len(domain) <= 253 for domain in domains):
-        return Rejection(Reason.BAD_FIELD, "account field 'domains' must be a list of domain names")
-    return data
+    return validate_record("account", raw)
 
 
 def validate_contact(raw: bytes) -> dict[str, Any] | Rejection:
-    """A contact reference record: its account and a contact id, an email or both."""
-    data = _decode_object(raw)
-    if isinstance(data, Rejection):
-        return data
-    wrong = _check_types(data, "contact", {"account_id": str}, {"contact_id": str, "email": str, "title": str})
-    if wrong is not None:
-        return wrong
-    if not data.get("contact_id") and not data.get("email"):
-        return Rejection(Reason.MISSING_FIELD, "contact record requires 'contact_id' or 'email'")
-    return data
+    return validate_record("contact", raw)

@@ -105,3 +105,10 @@ def test_account_and_contact_records():
     assert validate_contact(b'{"account_id": "a1", "title": "CTO"}').reason is Reason.MISSING_FIELD
     assert validate_contact(b'{"contact_id": "c1"}').reason is Reason.MISSING_FIELD
     assert validate_contact(b"[]").reason is Reason.NOT_OBJECT
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_crash_and_always_say_why(raw):
+    result = validate_event(raw, NOW)
+    assert isinstance(result, dict) or (isinstance(result, Rejection) and result.message and result.reason in Reason)
