@@ -36,6 +36,7 @@ def bad_messages(now_ms: int, good: dict) -> list[tuple[bytes, str]]:
         (variant(account_id=7), "bad_field"),
         (variant(occurred_at="1999-12-31T23:59:59Z"), "bad_timestamp"),
         (variant(occurred_at=now_ms + 2 * DAY_MS), "bad_timestamp"),
+        (variant(type="nps_response", properties={"score": 11}), "out_of_range"),
         (orjson.dumps({**good, "properties": {"blob": "x" * (1 << 20)}}), "too_large"),
     ]
 
