@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def _report(settings: Settings) -> None:
         say(f"  {account:<12}{score:>9.1f}  {stage:<14}{total:>7}{contacts:>9}")
     say(
         f"\nThe data lives in the embedded ClickHouse at {settings.chdb_path}.\n"
-        f"Query it with:  ABM_DATA_DIR={settings.data_dir} abm sql \"SELECT stage, count() FROM account_scores FINAL GROUP BY stage\"\n"
-        "Tables: events, account_scores (FINAL for the latest row per account), stage_transitions."
+        f"Query it with:  ABM_DATA_DIR={settings.data_dir} {Path(sys.executable).parent / 'abm'} sql \"SELECT stage, count() FROM account_scores FINAL GROUP BY stage\"\n"
+        "Tables: events, account_scores (FINAL for the latest row per account), stage_transitions, unresolved_pending."
     )
 
