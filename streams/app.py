@@ -76,6 +76,8 @@ def create_app(settings: Settings) -> faust.App:
         consumer_max_fetch_size=16 * 1024 * 1024,
         # An oversized event (rejected: over 1 MiB) must still fit in its dead letter.
         producer_max_request_size=8 * 1024 * 1024,
+        # Faust's /table/ views would serve every account's state to anyone on the port.
+        web_tables_enabled=False,
     )
 
 
@@ -265,6 +267,26 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
         async with checkpoint.lock:
             written_upto.clear()
             written_upto.update(_written_offsets(client))
+
+    @app.page("/healthz")
+    async def healthz(_web: Any, _request: Any) -> Response:
+        """Liveness: the event loop answers."""
+        return Response(body=b'{"alive":true}', content_type="application/json")
+
+    @app.page("/readyz")
+    async def readyz(_web: Any, _request: Any) -> Response:
+        """Readiness: not while the directory is loading, tables recover or the sink fails."""
+        waiting_for = [
+            reason
+            for reason, blocked in (
+                ("account directory loading", not feed.ready.is_set()),
+                ("tables recovering", app.rebalancing or not app.tables.actives_ready),
+                ("ClickHouse sink failing", sink.failing),
+            )
+            if blocked
+        ]
+        body = orjson.dumps({"ready": not waiting_for, "waiting_for": waiting_for})
+        return Response(body=body, status=503 if waiting_for else 200, content_type="application/json")
 
     @app.page("/abm/status")
     async def status(_web: Any, _request: Any) -> Response:

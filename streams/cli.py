@@ -63,6 +63,36 @@ def sql(query: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--group", default=None, help="consumer group  [default: ABM_APP_ID]")
+@click.option("--json", "as_json", is_flag=True, help="print the rows as JSON")
+@click.option("--watch", type=click.FloatRange(min=0.5), default=None, help="print again every N seconds until Ctrl-C")
+@click.option("--max-lag", type=click.IntRange(min=0), default=None, help="exit with status 1 when the total lag exceeds N")
+def lag(group: str | None, as_json: bool, watch: float | None, max_lag: int | None) -> None:
+    """Consumer lag per topic and partition: committed offset vs. log end, from the broker."""
+    import asyncio
+    import time
+
+    import orjson
+
+    from streams.lag import group_lag, lag_rows, lag_table
+    from streams.worker import consumed_topics
+
+    settings = Settings()
+    group = group or settings.app_id
+    while True:
+        rows = lag_rows(group, asyncio.run(group_lag(settings.kafka_bootstrap, group, consumed_topics(settings))))
+        click.echo(orjson.dumps(rows).decode() if as_json else lag_table(rows))
+        total = sum(int(row["lag"]) for row in rows)
+        if max_lag is not None and total > max_lag:
+            click.echo(f"total lag {total} exceeds {max_lag}", err=True)
+            raise SystemExit(1)
+        if watch is None:
+            return
+        time.sleep(watch)
+        click.echo()
+
+
+@main.command()
 @click.option("--duration", default=20.0, show_default=True, help="seconds of simulated traffic")
 @click.option("--rate", default=3000.0, show_default=True, help="simulated events per second")
 @click.option("--accounts", default=300, show_default=True, help="simulated accounts")

@@ -43,3 +43,27 @@ async def group_lag(bootstrap: str, group: str, topics: list[str]) -> list[Parti
 
 def total_lag(lags: list[PartitionLag]) -> int:
     return sum(item.lag for item in lags)
+
+
+def lag_rows(group: str, lags: list[PartitionLag]) -> list[dict[str, object]]:
+    """One row per partition, named like Kafka's consumer-group command; current_offset
+    is None where the group has committed nothing (its lag is then the whole log)."""
+    return [
+        {
+            "group": group,
+            "topic": item.topic,
+            "partition": item.partition,
+            "current_offset": item.committed if item.committed >= 0 else None,
+            "log_end_offset": item.log_end,
+            "lag": item.lag,
+        }
+        for item in lags
+    ]
+
+
+def lag_table(rows: list[dict[str, object]]) -> str:
+    headers = ("GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG")
+    keys = ("group", "topic", "partition", "current_offset", "log_end_offset", "lag")
+    cells = [headers] + [tuple("-" if row[key] is None else str(row[key]) for key in keys) for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells)

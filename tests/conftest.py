@@ -17,7 +17,7 @@ hypothesis_settings.load_profile("abm")
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def local_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     """A real single-node Kafka broker for the whole session, on free ports.
 
     Jars come from the Settings cache dir, so only the first run ever downloads them.
@@ -33,6 +33,11 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     kafka.start()
     try:
-        yield kafka.bootstrap
+        yield kafka
     finally:
         kafka.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(local_kafka: LocalKafka) -> str:
+    return local_kafka.bootstrap

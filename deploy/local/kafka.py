@@ -13,6 +13,7 @@ import base64
 import concurrent.futures
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -83,15 +84,19 @@ def ensure_kafka_jars(cache_dir: Path, version: str) -> Path:
     version_dir = Path(cache_dir).expanduser().resolve() / version
     libs = version_dir / "libs"
     marker = version_dir / ".complete"
-    if marker.is_file():
+    pom_text = POM_TEMPLATE.read_text().replace(VERSION_PLACEHOLDER, version)
+    # The marker names the pom it was fetched for: a changed pom fetches again.
+    done = f"{version} {hashlib.sha256(pom_text.encode()).hexdigest()}\n"
+    if marker.is_file() and marker.read_text() == done:
         return libs
     with _file_lock(version_dir / ".lock"):
-        if marker.is_file():  # another process finished the fetch while we waited
+        if marker.is_file() and marker.read_text() == done:  # fetched while we waited
             return libs
         mvn = _require_tool("mvn", "fetch the Kafka jars from Maven Central")
         _require_tool("java", "run Maven and the Kafka broker")
+        marker.unlink(missing_ok=True)
         pom = version_dir / "pom.xml"
-        pom.write_text(POM_TEMPLATE.read_text().replace(VERSION_PLACEHOLDER, version))
+        pom.write_text(pom_text)
         # Maven copies into a scratch dir that is renamed at the end, so `libs` never
         # holds a half-copied classpath.
         staging = version_dir / "libs.partial"
@@ -112,7 +117,7 @@ def ensure_kafka_jars(cache_dir: Path, version: str) -> Path:
         if not (staging / f"kafka_2.13-{version}.jar").is_file():
             raise KafkaError(f"Maven finished but kafka_2.13-{version}.jar is missing in {staging}")
         staging.rename(libs)
-        marker.write_text(version + "\n")
+        marker.write_text(done)
     return libs
 
 
@@ -360,6 +365,15 @@ class LocalKafka:
             f"{libs}/*",  # the JVM expands the wildcard itself
             main_class,
         ]
+
+    def run_tool(self, main_class: str, *args: str, timeout_s: float = 120.0) -> str:
+        """Runs one of Kafka's own command-line tools against this broker; its stdout."""
+        libs = ensure_kafka_jars(self.cache_dir, self.version)
+        cmd = [*self._java_cmd(libs, main_class, TOOL_JVM_ARGS), *args]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        if result.returncode != 0:
+            raise KafkaError(f"{main_class} failed ({result.returncode}):\n{_tail(result.stdout + result.stderr)}")
+        return result.stdout
 
     def _format_storage(self, libs: Path) -> None:
         # meta.properties marks formatted storage; formatting again would fail (or, with

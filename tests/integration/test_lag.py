@@ -1,0 +1,95 @@
+"""`abm lag` against the real broker: its numbers agree with Kafka's own consumer-group
+command, and --max-lag turns lag into an exit status."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+
+from streams.simulator import produce_events
+from tests.integration.support import isolated_settings, start_worker
+
+pytestmark = pytest.mark.integration
+
+CONSUMER_GROUP_COMMAND = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"
+
+
+def abm_lag(settings, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, ABM_KAFKA_BOOTSTRAP=settings.kafka_bootstrap, ABM_TOPIC_PREFIX=settings.topic_prefix, ABM_APP_ID=settings.app_id)
+    return subprocess.run([sys.executable, "-m", "streams.cli", "lag", *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def kafka_describe(local_kafka, group: str) -> dict[tuple[str, int], tuple[int, int, int]]:
+    """(topic, partition) -> (current offset, log end, lag), parsed from Kafka's table."""
+    out = local_kafka.run_tool(CONSUMER_GROUP_COMMAND, "--bootstrap-server", local_kafka.bootstrap, "--describe", "--group", group)
+    rows = {}
+    for line in out.splitlines():
+        cells = line.split()
+        if len(cells) >= 6 and cells[0] == group and cells[2].isdigit():
+            rows[(cells[1], int(cells[2]))] = (int(cells[3]), int(cells[4]), int(cells[5]))
+    return rows
+
+
+def test_lag_agrees_with_kafkas_consumer_group_command(local_kafka, tmp_path):
+    settings = isolated_settings(local_kafka.bootstrap, tmp_path / "abm")
+    worker = start_worker(settings)
+    try:
+        asyncio.run(produce_events(settings, accounts=30, contacts_per_account=3, rate=None, duration_s=None, count=2_000, seed=8))
+        worker.wait_drained(timeout_s=120)
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+    # produced while nobody consumes: exactly this much lag
+    asyncio.run(produce_events(settings, accounts=30, contacts_per_account=3, rate=None, duration_s=None, count=500, seed=9))
+
+    done = abm_lag(settings, "--json")
+    assert done.returncode == 0, done.stderr
+    ours = {(r["topic"], r["partition"]): r for r in orjson.loads(done.stdout)}
+    assert sum(r["lag"] for r in ours.values()) == 500
+
+    theirs = kafka_describe(local_kafka, settings.app_id)
+    assert theirs, "Kafka's command reported no partitions"
+    for tp, (current, log_end, lag) in theirs.items():
+        assert (ours[tp]["current_offset"], ours[tp]["log_end_offset"], ours[tp]["lag"]) == (current, log_end, lag), tp
+    # every partition the group committed on is in Kafka's report
+    assert {tp for tp, r in ours.items() if r["current_offset"] is not None} == set(theirs)
+
+    table = abm_lag(settings)
+    assert table.returncode == 0 and table.stdout.splitlines()[0].split() == [
+        "GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG"
+    ]
+    assert abm_lag(settings, "--max-lag", "500").returncode == 0
+    exceeded = abm_lag(settings, "--max-lag", "499")
+    assert exceeded.returncode == 1 and "exceeds 499" in exceeded.stderr
+
+
+def test_health_and_readiness_endpoints_and_no_table_views(kafka_bootstrap, tmp_path):
+    import urllib.error
+    import urllib.request
+
+    settings = isolated_settings(kafka_bootstrap, tmp_path / "abm")
+    worker = start_worker(settings)
+    base = f"http://127.0.0.1:{settings.web_port}"
+
+    def get(path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(base + path, timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    try:
+        assert get("/healthz") == (200, b'{"alive":true}')
+        deadline = time.monotonic() + 60
+        while (answer := get("/readyz"))[0] != 200 and time.monotonic() < deadline:
+            assert answer[0] == 503 and orjson.loads(answer[1])["waiting_for"], answer  # says why
+            time.sleep(0.2)
+        assert (answer[0], orjson.loads(answer[1])) == (200, {"ready": True, "waiting_for": []})
+        assert get("/table/account-state/")[0] == 404
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
