@@ -13,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 import orjson
+from faust.sensors.prometheus import setup_prometheus_sensors
+from prometheus_client import CollectorRegistry
 from aiohttp.web import Response
 from clickhouse_connect.driver.client import Client
 
@@ -31,12 +34,14 @@ from processors.stages import StageRules
 from schemas.events import TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, source_topics
 from streams.checkpoint import Checkpoint
 from streams.directory import DirectoryFeed, contact_record
-from streams.metrics import PipelineStats
+from streams.lag import group_lag
+from streams.metrics import LagSnapshot, PipelineCollector, PipelineStats
 from streams.offsets import OffsetGuard
 from streams.rows import account_rows, event_row, transition_rows
 from streams.settings import Settings
 from streams.sink import ACCOUNT_COLUMNS, EVENT_COLUMNS, TRANSITION_COLUMNS, ClickHouseSink
 from streams.state import AccountStates
+from streams.topics import consumed_topics
 from streams.unresolved import RESOLUTION_COLUMNS, UNRESOLVED_COLUMNS, pending_events, resolution_row, unresolved_row, waiting_domains
 
 log = logging.getLogger(__name__)
@@ -248,6 +253,7 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
                 sink.add("stage_transitions", transition_rows(folded.transitions))
                 stats.applied += len(folded.applied)
                 stats.transitions += len(folded.transitions)
+                stats.add_counts(stats.transitions_by_stages, Counter(f"{t.from_stage}->{t.to_stage}" for t in folded.transitions))
                 stats.duplicates += folded.duplicates
                 checkpoint.track(fresh)
                 await checkpoint.commit_if_due()
@@ -267,6 +273,20 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
         async with checkpoint.lock:
             written_upto.clear()
             written_upto.update(_written_offsets(client))
+
+    registry = CollectorRegistry()
+    setup_prometheus_sensors(app, registry=registry, name_prefix="faust")  # Faust's own, plus /metrics
+    lag = LagSnapshot()
+    registry.register(PipelineCollector(stats, sink, checkpoint, lag))
+
+    @app.timer(settings.lag_refresh_s)
+    async def measure_lag() -> None:
+        """From the broker, so it stays true while the consumer is idle, paused or stuck."""
+        try:
+            lag.by_partition = await group_lag(settings.kafka_bootstrap, settings.app_id, consumed_topics(settings))
+            lag.measured_at = time.time()
+        except Exception as exc:  # the metric goes stale (see its timestamp); the worker goes on
+            log.warning("measuring consumer lag failed: %s", exc)
 
     @app.page("/healthz")
     async def healthz(_web: Any, _request: Any) -> Response:

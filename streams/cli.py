@@ -75,7 +75,7 @@ def lag(group: str | None, as_json: bool, watch: float | None, max_lag: int | No
     import orjson
 
     from streams.lag import group_lag, lag_rows, lag_table
-    from streams.worker import consumed_topics
+    from streams.topics import consumed_topics
 
     settings = Settings()
     group = group or settings.app_id

@@ -1,9 +1,13 @@
-"""Counters the worker keeps about itself, served as JSON at /abm/status."""
+"""Counters the worker keeps about itself, served as JSON at /abm/status and as
+Prometheus metrics at /metrics."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 
 @dataclass(slots=True)
@@ -20,6 +24,7 @@ class PipelineStats:
     applied: int = 0
     duplicates: int = 0  # same (source, event id) seen before: counted nowhere else
     transitions: int = 0
+    transitions_by_stages: dict[str, int] = field(default_factory=dict)  # "from->to" -> count
 
     def add_counts(self, target: dict[str, int], counts: dict[str, int]) -> None:
         for key, n in counts.items():
@@ -27,3 +32,61 @@ class PipelineStats:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(slots=True)
+class LagSnapshot:
+    """Consumer lag as last measured from the broker (refreshed by a timer, not by consumption)."""
+
+    by_partition: list[Any] = field(default_factory=list)  # streams.lag.PartitionLag
+    measured_at: float = 0.0  # unix seconds; 0 = never
+
+
+class PipelineCollector:
+    """Prometheus metrics read from the worker's own counters at scrape time: nothing is
+    added to the hot path."""
+
+    def __init__(self, stats: PipelineStats, sink: Any, checkpoint: Any, lag: LagSnapshot) -> None:
+        self._stats = stats
+        self._sink = sink
+        self._checkpoint = checkpoint
+        self._lag = lag
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats
+        for name, value, help_text in (
+            ("abm_events_in", s.raw_in, "raw messages taken by ingest"),
+            ("abm_events_unresolved", s.unresolved, "valid events no account was found for"),
+            ("abm_events_resolved_later", s.resolved_later, "unresolved events re-routed once resolvable"),
+            ("abm_events_applied", s.applied, "events folded into account state"),
+            ("abm_events_duplicate", s.duplicates, "events dropped as repeats of (source, event id)"),
+            ("abm_contacts_learned", s.contacts_learned, "contact to account links learned and published"),
+            ("abm_stage_transitions", s.transitions, "funnel stage changes"),
+            ("abm_sink_rows", self._sink.stats.rows_written, "rows inserted into ClickHouse"),
+            ("abm_sink_inserts", self._sink.stats.inserts, "ClickHouse inserts"),
+            ("abm_sink_failures", self._sink.stats.failures, "failed ClickHouse inserts (each retried)"),
+            ("abm_checkpoints", self._checkpoint.commits, "completed checkpoints (offsets committed)"),
+        ):
+            counter = CounterMetricFamily(name, help_text)
+            counter.add_metric([], value)
+            yield counter
+        yield _labelled(CounterMetricFamily("abm_events_valid", "valid events by type", labels=["type"]), s.valid_by_type)
+        yield _labelled(CounterMetricFamily("abm_events_invalid", "dead-lettered messages by reason", labels=["reason"]), s.invalid_by_reason)
+        moves = CounterMetricFamily("abm_stage_transitions_by_stages", "funnel stage changes by stages", labels=["from_stage", "to_stage"])
+        for move, value in sorted(s.transitions_by_stages.items()):
+            moves.add_metric(move.split("->"), value)
+        yield moves
+        yield GaugeMetricFamily("abm_sink_failing", "1 while ClickHouse inserts fail", value=int(self._sink.failing))
+        yield GaugeMetricFamily("abm_checkpoint_pending_events", "consumed, not yet committed", value=self._checkpoint.pending_events)
+        yield GaugeMetricFamily("abm_checkpoint_last_timestamp_seconds", "time of the last checkpoint", value=self._checkpoint.last_commit_at or 0)
+        lag = GaugeMetricFamily("abm_consumer_lag", "log-end minus committed offset", labels=["topic", "partition"])
+        for item in self._lag.by_partition:
+            lag.add_metric([item.topic, str(item.partition)], item.lag)
+        yield lag
+        yield GaugeMetricFamily("abm_consumer_lag_measured_timestamp_seconds", "when lag was last measured", value=self._lag.measured_at)
+
+
+def _labelled(family: CounterMetricFamily, counts: dict[str, int]) -> CounterMetricFamily:
+    for label, value in sorted(counts.items()):
+        family.add_metric([label], value)
+    return family

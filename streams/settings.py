@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     checkpoint_max_rows: int = Field(20000, ge=1, description="checkpoint when this many rows are buffered")
     state_cache_accounts: int = Field(200_000, ge=1, description="account states kept in memory between checkpoints")
     checkpoint_interval_s: float = Field(1.0, gt=0, description="checkpoint at least this often")
+    lag_refresh_s: float = Field(5.0, gt=0, description="how often the worker measures its consumer lag for /metrics")
 
     # Identity resolution
     directory_max_contacts: int = Field(

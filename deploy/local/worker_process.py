@@ -72,7 +72,7 @@ class WorkerProcess:
             return None
 
     def lag(self) -> int:
-        from streams.worker import consumed_topics
+        from streams.topics import consumed_topics
 
         topics = consumed_topics(self.settings)
         return total_lag(asyncio.run(group_lag(self.settings.kafka_bootstrap, self.settings.app_id, topics)))

@@ -32,7 +32,7 @@ from deploy.local.worker_process import WorkerProcess
 from schemas.events import EVENT_TYPES
 from streams.settings import Settings
 from streams.simulator import produce_events
-from streams.worker import prepare_topics
+from streams.topics import prepare_topics
 
 
 async def bare_consumer_seconds(settings: Settings, topics: list[str], expected: int) -> float:

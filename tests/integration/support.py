@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from deploy.local.kafka import free_port
 from deploy.local.worker_process import WorkerProcess
 from streams.settings import Settings
-from streams.worker import prepare_topics
+from streams.topics import prepare_topics
 
 
 def isolated_settings(bootstrap: str, data_dir: Path, **overrides: object) -> Settings:

@@ -12,7 +12,10 @@ import time
 import orjson
 import pytest
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from streams.simulator import produce_events
+from streams.topics import consumed_topics
 from tests.integration.support import isolated_settings, start_worker
 
 pytestmark = pytest.mark.integration
@@ -91,5 +94,25 @@ def test_health_and_readiness_endpoints_and_no_table_views(kafka_bootstrap, tmp_
             time.sleep(0.2)
         assert (answer[0], orjson.loads(answer[1])) == (200, {"ready": True, "waiting_for": []})
         assert get("/table/account-state/")[0] == 404
+
+        asyncio.run(produce_events(settings, accounts=10, contacts_per_account=2, rate=None, duration_s=None, count=300, seed=4))
+        worker.wait_drained(timeout_s=60)
+        time.sleep(settings.lag_refresh_s + 1)  # one more lag measurement after the drain
+        status, body = get("/metrics")
+        assert status == 200
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples
+        }
+        assert samples[("abm_events_in_total", ())] == 300
+        assert samples[("abm_events_applied_total", ())] == 300
+        assert sum(v for (name, _), v in samples.items() if name == "abm_events_valid_total") == 300
+        lag = {labels: v for (name, labels), v in samples.items() if name == "abm_consumer_lag"}
+        assert len(lag) == len(consumed_topics(settings)) * settings.topic_partitions and sum(lag.values()) == 0
+        assert any(name.startswith("faust_") for name, _ in samples)  # Faust's own sensor metrics too
+        moves = {labels: v for (name, labels), v in samples.items() if name == "abm_stage_transitions_by_stages_total"}
+        assert sum(moves.values()) == samples[("abm_stage_transitions_total", ())] > 0
+        assert (("from_stage", "target"), ("to_stage", "awareness")) in moves
     finally:
         assert worker.stop() == 0, worker.log_tail()
