@@ -175,10 +175,12 @@ def _pid_alive(pid: int) -> bool:
     stat = Path(f"/proc/{pid}/stat")
     with contextlib.suppress(OSError):
         if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            # It exited after the waitpid above: reap it now if it is ours.
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            return False
+            # A zombie leader may still have live threads (the JVM's shutdown hooks run
+            # after its main thread ended): gone only once reaped, or once no thread is left.
+            try:
+                return os.waitpid(pid, os.WNOHANG)[0] != pid
+            except ChildProcessError:  # not ours to reap
+                return len(list(Path(f"/proc/{pid}/task").iterdir())) > 1
     return True
 
 
