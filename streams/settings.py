@@ -6,6 +6,7 @@ Every knob of the system lives here; nothing else reads os.environ for configura
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +47,7 @@ class Settings(BaseSettings):
     checkpoint_max_rows: int = Field(20000, ge=1, description="checkpoint when this many rows are buffered")
     state_cache_accounts: int = Field(200_000, ge=1, description="account states kept in memory between checkpoints")
     checkpoint_interval_s: float = Field(1.0, gt=0, description="checkpoint at least this often")
+    log_format: Literal["text", "json"] = Field("text", description="worker logs: coloured text, or one JSON object per line")
     lag_refresh_s: float = Field(5.0, gt=0, description="how often the worker measures its consumer lag for /metrics")
 
     # Identity resolution

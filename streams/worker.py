@@ -10,6 +10,7 @@ from typing import Any
 import faust
 
 from streams.app import Pipeline, build_pipeline
+from streams.logs import logging_config
 from streams.settings import Settings
 from streams.store import open_store
 from streams.topics import prepare_topics
@@ -41,4 +42,6 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     asyncio.run(prepare_topics(settings))
     client = open_store(settings)
     pipeline = build_pipeline(settings, client)
-    PulseWorker(pipeline, loglevel=loglevel, quiet=True).execute_from_commandline()
+    PulseWorker(
+        pipeline, loglevel=loglevel, quiet=True, logging_config=logging_config(settings.log_format, loglevel)
+    ).execute_from_commandline()
