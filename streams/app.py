@@ -34,7 +34,7 @@ from processors.stages import StageRules
 from schemas.events import TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, source_topics
 from streams.checkpoint import Checkpoint
 from streams.directory import DirectoryFeed, contact_record
-from streams.lag import group_lag
+from streams.lag import group_lag, oldest_waiting_ms
 from streams.metrics import LagSnapshot, PipelineCollector, PipelineStats
 from streams.offsets import OffsetGuard
 from streams.rows import account_rows, event_row, transition_rows
@@ -284,6 +284,7 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
         """From the broker, so it stays true while the consumer is idle, paused or stuck."""
         try:
             lag.by_partition = await group_lag(settings.kafka_bootstrap, settings.app_id, consumed_topics(settings))
+            lag.oldest_waiting_ms = await oldest_waiting_ms(settings.kafka_bootstrap, lag.by_partition)
             lag.measured_at = time.time()
         except Exception as exc:  # the metric goes stale (see its timestamp); the worker goes on
             log.warning("measuring consumer lag failed: %s", exc)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.kafka_admin import topic_partitions
@@ -67,3 +68,30 @@ def lag_table(rows: list[dict[str, object]]) -> str:
     cells = [headers] + [tuple("-" if row[key] is None else str(row[key]) for key in keys) for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(headers))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells)
+
+
+async def oldest_waiting_ms(bootstrap: str, lags: list[PartitionLag]) -> dict[str, int]:
+    """Per topic, the Kafka timestamp (ms) of the oldest message not yet committed: the
+    first message after the committed offset of each lagging partition (a partition whose
+    head does not arrive within 3 s is left out of this measurement)."""
+    lagging = {TopicPartition(item.topic, item.partition): max(item.committed, 0) for item in lags if item.lag > 0}
+    if not lagging:
+        return {}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        consumer.assign(list(lagging))
+        for tp, offset in lagging.items():
+            consumer.seek(tp, offset)
+        oldest: dict[str, int] = {}
+        pending = set(lagging)
+        deadline = asyncio.get_running_loop().time() + 3.0
+        while pending and asyncio.get_running_loop().time() < deadline:  # each fetch brings some heads
+            batches = await consumer.getmany(*pending, timeout_ms=200, max_records=len(pending) * 10)
+            for tp, records in batches.items():
+                if records and tp in pending:
+                    pending.discard(tp)
+                    oldest[tp.topic] = min(oldest.get(tp.topic, records[0].timestamp), records[0].timestamp)
+        return oldest
+    finally:
+        await consumer.stop()

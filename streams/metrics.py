@@ -40,6 +40,7 @@ class LagSnapshot:
 
     by_partition: list[Any] = field(default_factory=list)  # streams.lag.PartitionLag
     measured_at: float = 0.0  # unix seconds; 0 = never
+    oldest_waiting_ms: dict[str, int] = field(default_factory=dict)  # topic -> Kafka timestamp of its oldest uncommitted message
 
 
 class PipelineCollector:
@@ -83,6 +84,11 @@ class PipelineCollector:
         for item in self._lag.by_partition:
             lag.add_metric([item.topic, str(item.partition)], item.lag)
         yield lag
+        seconds = GaugeMetricFamily("abm_consumer_lag_seconds", "age of the oldest uncommitted message", labels=["topic"])
+        for topic in sorted({item.topic for item in self._lag.by_partition}):
+            oldest = self._lag.oldest_waiting_ms.get(topic)
+            seconds.add_metric([topic], 0.0 if oldest is None else max(0.0, self._lag.measured_at - oldest / 1000))
+        yield seconds
         yield GaugeMetricFamily("abm_consumer_lag_measured_timestamp_seconds", "when lag was last measured", value=self._lag.measured_at)
 
 

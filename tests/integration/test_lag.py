@@ -14,6 +14,7 @@ import pytest
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.lag import group_lag, oldest_waiting_ms
 from streams.simulator import produce_events
 from streams.topics import consumed_topics
 from tests.integration.support import isolated_settings, start_worker
@@ -48,7 +49,13 @@ def test_lag_agrees_with_kafkas_consumer_group_command(local_kafka, tmp_path):
     finally:
         assert worker.stop() == 0, worker.log_tail()
     # produced while nobody consumes: exactly this much lag
+    before_ms = int(time.time() * 1000)
     asyncio.run(produce_events(settings, accounts=30, contacts_per_account=3, rate=None, duration_s=None, count=500, seed=9))
+    after_ms = int(time.time() * 1000)
+    lags = asyncio.run(group_lag(settings.kafka_bootstrap, settings.app_id, consumed_topics(settings)))
+    oldest = asyncio.run(oldest_waiting_ms(settings.kafka_bootstrap, lags))
+    assert set(oldest) == {item.topic for item in lags if item.lag > 0}  # the raw topics, not by-account
+    assert all(before_ms - 1000 <= at <= after_ms for at in oldest.values())  # the waiting messages' own times
 
     done = abm_lag(settings, "--json")
     assert done.returncode == 0, done.stderr
@@ -108,6 +115,7 @@ def test_health_and_readiness_endpoints_and_no_table_views(kafka_bootstrap, tmp_
         assert samples[("abm_events_in_total", ())] == 300
         assert samples[("abm_events_applied_total", ())] == 300
         assert sum(v for (name, _), v in samples.items() if name == "abm_events_valid_total") == 300
+        assert {v for (name, _), v in samples.items() if name == "abm_consumer_lag_seconds"} == {0.0}  # nothing waits
         lag = {labels: v for (name, labels), v in samples.items() if name == "abm_consumer_lag"}
         assert len(lag) == len(consumed_topics(settings)) * settings.topic_partitions and sum(lag.values()) == 0
         assert any(name.startswith("faust_") for name, _ in samples)  # Faust's own sensor metrics too
