@@ -35,7 +35,7 @@ from schemas.events import TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOP
 from streams.checkpoint import Checkpoint
 from streams.directory import DirectoryFeed, contact_record
 from streams.lag import group_lag, oldest_waiting_ms
-from streams.metrics import LagSnapshot, PipelineCollector, PipelineStats
+from streams.metrics import EventLatencies, LagSnapshot, PipelineCollector, PipelineStats
 from streams.offsets import OffsetGuard
 from streams.rows import account_rows, event_row, transition_rows
 from streams.settings import Settings
@@ -105,6 +105,7 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
     table = app.Table("account-state", partitions=partitions, key_type=bytes, value_type=bytes)
 
     states = AccountStates(table, partitions, max_cached=settings.state_cache_accounts)
+    latencies = EventLatencies()
     sink = ClickHouseSink(
         client,
         {
@@ -114,6 +115,7 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
             "unresolved_events": UNRESOLVED_COLUMNS,
             "unresolved_resolutions": RESOLUTION_COLUMNS,
         },
+        on_written=latencies.on_written,
     )
     checkpoint = Checkpoint(
         app,
@@ -277,7 +279,7 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
     registry = CollectorRegistry()
     setup_prometheus_sensors(app, registry=registry, name_prefix="faust")  # Faust's own, plus /metrics
     lag = LagSnapshot()
-    registry.register(PipelineCollector(stats, sink, checkpoint, lag))
+    registry.register(PipelineCollector(stats, sink, checkpoint, lag, latencies))
 
     @app.timer(settings.lag_refresh_s)
     async def measure_lag() -> None:

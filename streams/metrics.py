@@ -3,11 +3,18 @@ Prometheus metrics at /metrics."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import bisect
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from streams.sink import EVENT_COLUMNS
+
+EVENT_OCCURRED_AT = EVENT_COLUMNS.index("occurred_at")
+EVENT_RECEIVED_AT = EVENT_COLUMNS.index("received_at")
 
 
 @dataclass(slots=True)
@@ -43,15 +50,58 @@ class LagSnapshot:
     oldest_waiting_ms: dict[str, int] = field(default_factory=dict)  # topic -> Kafka timestamp of its oldest uncommitted message
 
 
+# Seconds from an event's time to its row being in ClickHouse: sub-second when live, days
+# for replayed history.
+LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400)
+
+
+@dataclass(slots=True)
+class LatencyHistogram:
+    """Cumulative-on-export bucket counts of latencies in seconds (cheap to feed in bulk)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
+    total_s: float = 0.0
+
+    def observe_ms(self, now_ms: int, times_ms: Iterable[int]) -> None:
+        counts = self.counts
+        for at in times_ms:
+            latency = (now_ms - at) / 1000
+            counts[bisect.bisect_left(LATENCY_BUCKETS_S, latency)] += 1
+            self.total_s += latency
+
+    def family(self, name: str, help_text: str) -> HistogramMetricFamily:
+        running, buckets = 0, []
+        for bound, count in zip((*map(str, LATENCY_BUCKETS_S), "+Inf"), self.counts):
+            running += count
+            buckets.append((bound, running))
+        return HistogramMetricFamily(name, help_text, buckets=buckets, sum_value=self.total_s)
+
+
+@dataclass(slots=True)
+class EventLatencies:
+    """End-to-end latency of the event rows ClickHouse acknowledged."""
+
+    since_occurred: LatencyHistogram = field(default_factory=LatencyHistogram)
+    since_received: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    def on_written(self, table: str, rows: list[Any]) -> None:
+        if table != "events":
+            return
+        now_ms = int(time.time() * 1000)
+        self.since_occurred.observe_ms(now_ms, (row[EVENT_OCCURRED_AT] for row in rows))
+        self.since_received.observe_ms(now_ms, (row[EVENT_RECEIVED_AT] for row in rows))
+
+
 class PipelineCollector:
     """Prometheus metrics read from the worker's own counters at scrape time: nothing is
     added to the hot path."""
 
-    def __init__(self, stats: PipelineStats, sink: Any, checkpoint: Any, lag: LagSnapshot) -> None:
+    def __init__(self, stats: PipelineStats, sink: Any, checkpoint: Any, lag: LagSnapshot, latencies: EventLatencies) -> None:
         self._stats = stats
         self._sink = sink
         self._checkpoint = checkpoint
         self._lag = lag
+        self._latencies = latencies
 
     def collect(self) -> Iterator[Metric]:
         s = self._stats
@@ -77,6 +127,8 @@ class PipelineCollector:
         for move, value in sorted(s.transitions_by_stages.items()):
             moves.add_metric(move.split("->"), value)
         yield moves
+        yield self._latencies.since_occurred.family("abm_event_latency_seconds", "occurred_at to the row acknowledged by ClickHouse")
+        yield self._latencies.since_received.family("abm_event_pipeline_latency_seconds", "received by the worker to the row acknowledged by ClickHouse")
         yield GaugeMetricFamily("abm_sink_failing", "1 while ClickHouse inserts fail", value=int(self._sink.failing))
         yield GaugeMetricFamily("abm_checkpoint_pending_events", "consumed, not yet committed", value=self._checkpoint.pending_events)
         yield GaugeMetricFamily("abm_checkpoint_last_timestamp_seconds", "time of the last checkpoint", value=self._checkpoint.last_commit_at or 0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,10 +43,17 @@ class SinkStats:
 
 
 class ClickHouseSink:
-    def __init__(self, client: Client, tables: dict[str, Sequence[str]], max_backoff_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        client: Client,
+        tables: dict[str, Sequence[str]],
+        max_backoff_s: float = 30.0,
+        on_written: Callable[[str, list[Sequence[Any]]], None] | None = None,
+    ) -> None:
         self._client = client
         self._buffers = {name: TableBuffer(columns) for name, columns in tables.items()}
         self._max_backoff_s = max_backoff_s
+        self._on_written = on_written  # told of every batch ClickHouse acknowledged
         self.stats = SinkStats()
         self.failing = False
 
@@ -70,6 +77,8 @@ class ClickHouseSink:
                 continue
             await self._insert_with_retry(table, buffer, f"{dedup_token}:{table}")
             written += len(buffer.rows)
+            if self._on_written is not None:
+                self._on_written(table, buffer.rows)
             buffer.rows = []
         self.stats.rows_written += written
         return written

@@ -13,7 +13,7 @@ import clickhouse_connect
 import pytest
 import yaml
 
-from streams.metrics import LagSnapshot, PipelineCollector, PipelineStats
+from streams.metrics import EventLatencies, LagSnapshot, PipelineCollector, PipelineStats
 from streams.settings import Settings
 from streams.store import apply_migrations
 
@@ -28,7 +28,7 @@ def metric_names() -> set[str]:
     stats = PipelineStats(valid_by_type={"x": 1}, invalid_by_reason={"y": 1}, transitions_by_stages={"a->b": 1})
     sink = SimpleNamespace(stats=SimpleNamespace(rows_written=0, inserts=0, failures=0), failing=False)
     checkpoint = SimpleNamespace(commits=0, pending_events=0, last_commit_at=None)
-    families = list(PipelineCollector(stats, sink, checkpoint, lag).collect())
+    families = list(PipelineCollector(stats, sink, checkpoint, lag, EventLatencies()).collect())
     return {f.name for f in families} | {s.name for f in families for s in f.samples}
 
 

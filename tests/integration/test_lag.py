@@ -114,6 +114,10 @@ def test_health_and_readiness_endpoints_and_no_table_views(kafka_bootstrap, tmp_
         }
         assert samples[("abm_events_in_total", ())] == 300
         assert samples[("abm_events_applied_total", ())] == 300
+        # every stored event in the latency histograms; fresh ones within a minute of receipt
+        assert samples[("abm_event_pipeline_latency_seconds_count", ())] == 300
+        assert samples[("abm_event_pipeline_latency_seconds_bucket", (("le", "60"),))] == 300
+        assert samples[("abm_event_latency_seconds_count", ())] == 300
         assert sum(v for (name, _), v in samples.items() if name == "abm_events_valid_total") == 300
         assert {v for (name, _), v in samples.items() if name == "abm_consumer_lag_seconds"} == {0.0}  # nothing waits
         lag = {labels: v for (name, labels), v in samples.items() if name == "abm_consumer_lag"}
