@@ -132,6 +132,14 @@ class AccountDirectory:
             if self._account_by_domain.get(domain) == account_id:
                 del self._account_by_domain[domain]
 
+    @property
+    def domains(self) -> int:
+        return len(self._account_by_domain)
+
+    @property
+    def contacts(self) -> int:
+        return len(self._account_by_contact)
+
     def account_for_domain(self, domain: str) -> str | None:
         return self._account_by_domain.get(domain)
 

@@ -279,7 +279,18 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
     registry = CollectorRegistry()
     setup_prometheus_sensors(app, registry=registry, name_prefix="faust")  # Faust's own, plus /metrics
     lag = LagSnapshot()
-    registry.register(PipelineCollector(stats, sink, checkpoint, lag, latencies))
+    def state_sizes() -> dict[str, int]:
+        recovery = app.tables.recovery
+        return {
+            "account_states_in_memory": states.cached,
+            "directory_domains": directory.domains,
+            "directory_contacts": directory.contacts,
+            "waiting_keys": len(waiting),
+            "changelog_records_to_recover": recovery.active_remaining_total(),
+            "standby_records_to_recover": recovery.standby_remaining_total(),
+        }
+
+    registry.register(PipelineCollector(stats, sink, checkpoint, lag, latencies, state_sizes))
 
     @app.timer(settings.lag_refresh_s)
     async def measure_lag() -> None:

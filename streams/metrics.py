@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -96,12 +96,21 @@ class PipelineCollector:
     """Prometheus metrics read from the worker's own counters at scrape time: nothing is
     added to the hot path."""
 
-    def __init__(self, stats: PipelineStats, sink: Any, checkpoint: Any, lag: LagSnapshot, latencies: EventLatencies) -> None:
+    def __init__(
+        self,
+        stats: PipelineStats,
+        sink: Any,
+        checkpoint: Any,
+        lag: LagSnapshot,
+        latencies: EventLatencies,
+        state_sizes: Callable[[], dict[str, int]] = dict,
+    ) -> None:
         self._stats = stats
         self._sink = sink
         self._checkpoint = checkpoint
         self._lag = lag
         self._latencies = latencies
+        self._state_sizes = state_sizes  # gauge name suffix -> value, read at scrape time
 
     def collect(self) -> Iterator[Metric]:
         s = self._stats
@@ -129,6 +138,10 @@ class PipelineCollector:
         yield moves
         yield self._latencies.since_occurred.family("abm_event_latency_seconds", "occurred_at to the row acknowledged by ClickHouse")
         yield self._latencies.since_received.family("abm_event_pipeline_latency_seconds", "received by the worker to the row acknowledged by ClickHouse")
+        sizes = GaugeMetricFamily("abm_state", "sizes of the worker's state and recovery backlog", labels=["what"])
+        for what, value in sorted(self._state_sizes().items()):
+            sizes.add_metric([what], value)
+        yield sizes
         yield GaugeMetricFamily("abm_sink_failing", "1 while ClickHouse inserts fail", value=int(self._sink.failing))
         yield GaugeMetricFamily("abm_checkpoint_pending_events", "consumed, not yet committed", value=self._checkpoint.pending_events)
         yield GaugeMetricFamily("abm_checkpoint_last_timestamp_seconds", "time of the last checkpoint", value=self._checkpoint.last_commit_at or 0)

@@ -17,6 +17,10 @@ class AccountStates:
         self._cache: dict[str, AccountState] = {}
         self._dirty: set[str] = set()
 
+    @property
+    def cached(self) -> int:
+        return len(self._cache)
+
     def state_for(self, account_id: str) -> AccountState:
         """The account's state, marked as changed (it is about to be)."""
         state = self._cache.get(account_id)

@@ -118,6 +118,9 @@ def test_health_and_readiness_endpoints_and_no_table_views(kafka_bootstrap, tmp_
         assert samples[("abm_event_pipeline_latency_seconds_count", ())] == 300
         assert samples[("abm_event_pipeline_latency_seconds_bucket", (("le", "60"),))] == 300
         assert samples[("abm_event_latency_seconds_count", ())] == 300
+        state = {dict(labels)["what"]: v for (name, labels), v in samples.items() if name == "abm_state"}
+        assert 0 < state["account_states_in_memory"] <= 10 and state["changelog_records_to_recover"] == 0
+        assert state["directory_contacts"] > 0  # contacts learned from the events
         assert sum(v for (name, _), v in samples.items() if name == "abm_events_valid_total") == 300
         assert {v for (name, _), v in samples.items() if name == "abm_consumer_lag_seconds"} == {0.0}  # nothing waits
         lag = {labels: v for (name, labels), v in samples.items() if name == "abm_consumer_lag"}
