@@ -75,6 +75,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=NEVER_S,
         broker_commit_every=2**62,
         stream_wait_empty=False,
+        broker_session_timeout=settings.session_timeout_s,
         # Fewer, larger hand-offs between the fetcher and the agents.
         broker_max_poll_records=10_000,
         stream_buffer_maxsize=65_536,

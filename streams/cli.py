@@ -62,6 +62,52 @@ def sql(query: str, as_json: bool) -> None:
         click.echo("\t".join(str(value) for value in row))
 
 
+@main.group()
+def store() -> None:
+    """The ClickHouse store: serve the embedded one to other processes."""
+
+
+@store.command()
+@click.option("--read-only", is_flag=True, help="refuse writes (enforced by the engine): for BI tools")
+def serve(read_only: bool) -> None:
+    """Serve the embedded store over ClickHouse's HTTP interface until Ctrl-C or SIGTERM.
+
+    A chDB directory belongs to one process: this one owns it, and several workers
+    (CLICKHOUSE_URL=http://USER:PASSWORD@HOST:PORT/default), `abm sql`, clickhouse-connect
+    and BI tools share it through this server.
+    """
+    import asyncio
+    import signal
+
+    from streams.clickhouse_http import ClickHouseHttpFront, Credentials
+    from streams.store import data_location, open_store
+
+    settings = Settings()
+    if settings.clickhouse_url:
+        raise click.UsageError("CLICKHOUSE_URL is set: that server already speaks HTTP; `abm store serve` serves the embedded store")
+    if not settings.clickhouse_http_password:
+        raise click.UsageError("set ABM_CLICKHOUSE_HTTP_PASSWORD: the store is never served without a password")
+    front = ClickHouseHttpFront(
+        open_store(settings), Credentials(settings.clickhouse_http_user, settings.clickhouse_http_password), read_only
+    )
+
+    async def run() -> None:
+        stopping = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
+        runner = await front.serve(settings.clickhouse_http_host, settings.clickhouse_http_port)
+        click.echo(
+            f"serving {data_location(settings)} {'read-only ' if read_only else ''}on "
+            f"http://{settings.clickhouse_http_host}:{settings.clickhouse_http_port} (user {settings.clickhouse_http_user})"
+        )
+        try:
+            await stopping.wait()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(run())
+
+
 @main.command()
 @click.option("--group", default=None, help="consumer group  [default: ABM_APP_ID]")
 @click.option("--json", "as_json", is_flag=True, help="print the rows as JSON")

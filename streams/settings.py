@@ -37,6 +37,10 @@ class Settings(BaseSettings):
         description="http(s)://user:pass@host:port/db of a ClickHouse server; unset = embedded chDB",
     )
     state_store: str = Field("rocksdb://", description="Faust table store: rocksdb:// or memory://")
+    clickhouse_http_host: str = Field("127.0.0.1", description="bind address of `abm store serve` (the embedded store over ClickHouse's HTTP interface)")
+    clickhouse_http_port: int = Field(8123, ge=1, le=65535, description="port of `abm store serve`")
+    clickhouse_http_user: str = Field("abm", description="user that `abm store serve` admits")
+    clickhouse_http_password: str | None = Field(None, description="password that `abm store serve` requires; it refuses to start without one")
 
     # Worker
     app_id: str = Field("abm-pulse", description="Faust app id = consumer group")
@@ -48,6 +52,9 @@ class Settings(BaseSettings):
     state_cache_accounts: int = Field(200_000, ge=1, description="account states kept in memory between checkpoints")
     checkpoint_interval_s: float = Field(1.0, gt=0, description="checkpoint at least this often")
     log_format: Literal["text", "json"] = Field("text", description="worker logs: coloured text, or one JSON object per line")
+    session_timeout_s: float = Field(
+        60.0, ge=6, description="a worker that stops heartbeating (killed, frozen) loses its partitions after this long"
+    )
     lag_refresh_s: float = Field(5.0, gt=0, description="how often the worker measures its consumer lag for /metrics")
 
     # Identity resolution

@@ -1,4 +1,4 @@
-"""Runs `abm worker` as a child process: for the demo, the integration tests and the bench."""
+"""Runs `abm worker` and `abm store serve` as child processes: for the demo, the integration tests and the bench."""
 
 from __future__ import annotations
 
@@ -20,11 +20,20 @@ from streams.settings import Settings
 
 
 @dataclass
-class WorkerProcess:
+class AbmProcess:
+    """An `abm` command run as a child process, its output in a log file."""
+
     settings: Settings
     log_path: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def answers(self) -> bool:
+        """True once the process serves what it is for."""
+        raise NotImplementedError
 
     def env(self) -> dict[str, str]:
         s = self.settings
@@ -36,9 +45,14 @@ class WorkerProcess:
             ABM_TOPIC_PREFIX=s.topic_prefix,
             ABM_APP_ID=s.app_id,
             ABM_STATE_STORE=s.state_store,
+            ABM_SESSION_TIMEOUT_S=str(s.session_timeout_s),
+            ABM_CLICKHOUSE_HTTP_PORT=str(s.clickhouse_http_port),
         )
         if s.clickhouse_url:
             env["CLICKHOUSE_URL"] = s.clickhouse_url
+        if s.clickhouse_http_password:
+            env["ABM_CLICKHOUSE_HTTP_USER"] = s.clickhouse_http_user
+            env["ABM_CLICKHOUSE_HTTP_PASSWORD"] = s.clickhouse_http_password
         env.update(self.extra_env)
         return env
 
@@ -46,7 +60,7 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"],
+            [sys.executable, "-m", "streams.cli", *self.command()],
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -56,11 +70,49 @@ class WorkerProcess:
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"worker exited with {self._process.returncode}; log: {self.log_path}\n{self.log_tail()}")
-            if self.status() is not None:
+                raise RuntimeError(f"{self.command()[0]} exited with {self._process.returncode}; log: {self.log_path}\n{self.log_tail()}")
+            if self.answers():
                 return
             time.sleep(0.3)
-        raise RuntimeError(f"worker not ready after {ready_timeout_s}s; log: {self.log_path}\n{self.log_tail()}")
+        raise RuntimeError(f"{self.command()[0]} not ready after {ready_timeout_s}s; log: {self.log_path}\n{self.log_tail()}")
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        """SIGTERM (final checkpoint, leave the group), SIGKILL if it hangs."""
+        if self._process is None or self._process.poll() is not None:
+            return None if self._process is None else self._process.returncode
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            return self._process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            return self._process.wait()
+
+    def kill(self) -> None:
+        """kill -9: no checkpoint, no goodbye."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+    def _check_alive(self) -> None:
+        if self._process is not None and self._process.poll() is not None:
+            raise RuntimeError(f"{self.command()[0]} died with {self._process.returncode}; log: {self.log_path}\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class WorkerProcess(AbmProcess):
+    """`abm worker`: ready once its status page answers."""
+
+    def command(self) -> list[str]:
+        return ["worker"]
+
+    def answers(self) -> bool:
+        return self.status() is not None
 
     def status(self) -> dict | None:
         """The worker's /abm/status document, or None while it does not answer."""
@@ -92,29 +144,26 @@ class WorkerProcess:
             time.sleep(poll_s)
         raise TimeoutError(f"worker still lagging after {timeout_s}s; log: {self.log_path}\n{self.log_tail()}")
 
-    def stop(self, timeout_s: float = 60.0) -> int | None:
-        """SIGTERM (final checkpoint, leave the group), SIGKILL if it hangs."""
-        if self._process is None or self._process.poll() is not None:
-            return None if self._process is None else self._process.returncode
-        self._process.send_signal(signal.SIGTERM)
+
+@dataclass
+class StoreServerProcess(AbmProcess):
+    """`abm store serve`: the embedded store over ClickHouse's HTTP interface, so that
+    several workers (and BI tools) share one engine."""
+
+    read_only: bool = False
+
+    def command(self) -> list[str]:
+        return ["store", "serve", *(["--read-only"] if self.read_only else [])]
+
+    def answers(self) -> bool:
         try:
-            return self._process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            return self._process.wait()
-
-    def kill(self) -> None:
-        """kill -9: no checkpoint, no goodbye."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
-
-    def _check_alive(self) -> None:
-        if self._process is not None and self._process.poll() is not None:
-            raise RuntimeError(f"worker died with {self._process.returncode}; log: {self.log_path}\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.clickhouse_http_port}/ping", timeout=2) as response:
+                return response.read() == b"Ok.\n"
         except OSError:
-            return ""
+            return False
+
+    @property
+    def url(self) -> str:
+        """CLICKHOUSE_URL for the clients of this store."""
+        s = self.settings
+        return f"http://{s.clickhouse_http_user}:{s.clickhouse_http_password}@127.0.0.1:{s.clickhouse_http_port}/default"

@@ -1,0 +1,187 @@
+"""The ClickHouse HTTP interface over an embedded (chDB) store.
+
+A chDB directory belongs to one process, so the process that owns it serves it to
+everyone else: other workers, `abm sql`, BI tools, clickhouse-connect's HTTP client.
+Statements run on the real engine through the owner's clickhouse-connect client;
+this module only speaks the protocol (query in the URL or body, `param_*` query
+parameters, settings as URL parameters, compressed insert bodies, ClickHouse errors).
+
+Read-only serving is enforced by the engine (``readonly=2`` on every statement: reads
+and setting changes only), never by parsing SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import re
+import sys
+import tempfile
+import threading
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import lz4.frame
+from aiohttp import web
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+if sys.version_info >= (3, 14):
+    from compression import zstd as _zstd
+else:  # clickhouse-connect's own dependency
+    from backports import zstd as _zstd
+
+# URL parameters about the HTTP exchange, not settings of the statement.
+_TRANSPORT_PARAMS = frozenset(
+    {
+        "query", "database", "user", "password", "query_id", "session_id", "session_timeout", "session_check",
+        "compress", "decompress", "enable_http_compression", "http_zlib_compression_level", "default_format",
+        "wait_end_of_query", "send_progress_in_http_headers", "http_headers_progress_interval_ms",
+        "client_protocol_version", "buffer_size", "http_response_buffer_size",
+    }
+)
+_INSERT_HEAD = re.compile(rb"^\s*(INSERT\s+INTO\s.*?)\s+FORMAT\s+(\w+)[ \t]*\r?\n?", re.IGNORECASE | re.DOTALL)
+_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|.)", re.DOTALL)
+_ESCAPED_CHARS = {"b": "\b", "f": "\f", "r": "\r", "n": "\n", "t": "\t", "0": "\0", "a": "\a", "v": "\v"}
+_ERROR_CODE = re.compile(r"Code: (\d+)")
+AUTHENTICATION_FAILED = 516
+UNKNOWN_DATABASE = 81
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    user: str
+    password: str
+
+    def admit(self, request: web.Request) -> bool:
+        user, password = _presented_credentials(request)
+        return hmac.compare_digest(user.encode(), self.user.encode()) and hmac.compare_digest(
+            password.encode(), self.password.encode()
+        )
+
+
+class ClickHouseHttpFront:
+    """Serves one clickhouse-connect client (normally the owner's chDB store) over HTTP."""
+
+    def __init__(self, client: Client, credentials: Credentials, read_only: bool, lock: threading.Lock | None = None) -> None:
+        self._client = client
+        self._credentials = credentials
+        self._read_only = read_only
+        self._lock = lock or threading.Lock()  # one statement at a time on the engine handle
+        self.statements = 0
+
+    def application(self) -> web.Application:
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_get("/ping", self._ping)
+        app.router.add_route("*", "/", self._statement)
+        return app
+
+    async def serve(self, host: str, port: int) -> web.AppRunner:
+        """Starts listening; the caller cleans the returned runner up."""
+        runner = web.AppRunner(self.application(), auto_decompress=False, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        return runner
+
+    async def _ping(self, _request: web.Request) -> web.Response:
+        return web.Response(text="Ok.\n")
+
+    async def _statement(self, request: web.Request) -> web.Response:
+        if not self._credentials.admit(request):
+            return _error(401, AUTHENTICATION_FAILED, "Authentication failed: password is incorrect, or there is no user with such name.")
+        params = request.query
+        if params.get("database", "default") != "default":
+            return _error(404, UNKNOWN_DATABASE, f"Database {params['database']} does not exist.")
+        try:
+            body = _decoded(await request.read(), request.headers.get("Content-Encoding", ""))
+        except ValueError as exc:
+            return _error(400, 0, str(exc))
+        settings = {k: v for k, v in params.items() if k not in _TRANSPORT_PARAMS and not k.startswith("param_")}
+        if self._read_only:
+            settings["readonly"] = "2"  # the engine refuses writes; setting changes stay allowed
+        # Values come in ClickHouse's escaped text format; the client escapes them again.
+        parameters = {k[len("param_"):]: _unescaped(v) for k, v in params.items() if k.startswith("param_")}
+        text = params.get("query", "").encode()
+        try:
+            result = await asyncio.to_thread(self._run, text, body, parameters, settings)
+        except ClickHouseError as exc:
+            message = str(exc)
+            code = _ERROR_CODE.search(message)
+            return _error(500, int(code.group(1)) if code else 0, message)
+        self.statements += 1
+        headers = {"X-ClickHouse-Timezone": "UTC", "X-ClickHouse-Summary": '{"read_rows":"0","written_rows":"0"}'}
+        if "query_id" in params:
+            headers["X-ClickHouse-Query-Id"] = params["query_id"]
+        return web.Response(body=result, headers=headers)
+
+    def _run(self, text: bytes, body: bytes, parameters: Mapping[str, str], settings: dict[str, str]) -> bytes:
+        """Runs one statement: ``text`` from the URL, ``body`` the rest of it or an insert's data."""
+        statement = text + (b" " if text and body else b"") + body
+        head = _INSERT_HEAD.match(statement)
+        with self._lock:
+            if head is None:
+                return self._client.raw_query(statement.decode(), parameters=dict(parameters), settings=settings)
+            data = statement[head.end():]
+            with tempfile.NamedTemporaryFile(prefix="abm-insert-", suffix=f".{head.group(2).decode()}") as file:
+                file.write(data)
+                file.flush()
+                path = file.name.replace("\\", "\\\\").replace("'", "\\'")
+                self._client.command(
+                    f"{head.group(1).decode()} FROM INFILE '{path}' FORMAT {head.group(2).decode()}",
+                    settings=settings,
+                )
+            return b""
+
+
+def _presented_credentials(request: web.Request) -> tuple[str, str]:
+    """ClickHouse accepts credentials as basic auth, X-ClickHouse-* headers or URL params."""
+    authorization = request.headers.get("Authorization", "")
+    if authorization.startswith("Basic "):
+        user, _, password = base64.b64decode(authorization[6:]).decode().partition(":")
+        return user, password
+    headers, params = request.headers, request.query
+    return (
+        headers.get("X-ClickHouse-User", params.get("user", "default")),
+        headers.get("X-ClickHouse-Key", params.get("password", "")),
+    )
+
+
+def _unescaped(value: str) -> str:
+    def one(match: re.Match[str]) -> str:
+        code = match.group(1)
+        if code[0] == "x" and len(code) == 3:
+            return chr(int(code[1:], 16))
+        return _ESCAPED_CHARS.get(code, code)
+
+    return _ESCAPE.sub(one, value)
+
+
+def _decoded(body: bytes, encoding: str) -> bytes:
+    """The request body without its Content-Encoding; clickhouse-connect sends lz4 and
+    zstd bodies as one frame per block, so every frame is decoded."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding in ("gzip", "deflate"):
+        return zlib.decompress(body, 47)  # 47: zlib or gzip header, detected
+    if encoding == "lz4":
+        return _each_lz4_frame(body)
+    if encoding == "zstd":
+        return _zstd.decompress(body)  # decodes every frame
+    raise ValueError(f"unsupported Content-Encoding {encoding!r}")
+
+
+def _each_lz4_frame(body: bytes) -> bytes:
+    parts = []
+    while body:
+        frame = lz4.frame.LZ4FrameDecompressor()
+        parts.append(frame.decompress(body))
+        body = frame.unused_data
+    return b"".join(parts)
+
+
+def _error(status: int, code: int, message: str) -> web.Response:
+    text = message if message.startswith("Code:") else f"Code: {code}. DB::Exception: {message}"
+    return web.Response(status=status, text=text + "\n", headers={"X-ClickHouse-Exception-Code": str(code)})
