@@ -76,3 +76,14 @@ def query(settings: Settings, sql: str) -> list[dict]:
     )
     assert done.returncode == 0, done.stderr.decode()
     return orjson.loads(done.stdout)
+
+
+def assert_every_event_stored_once(settings: Settings, total: int, counts: dict[str, int]) -> None:
+    """Exact ClickHouse totals: every produced event once in `events`, by type, and in the
+    accounts' latest scores."""
+    [stored] = query(settings, "SELECT count() AS n, uniqExact(event_id) AS u FROM events")
+    assert (stored["n"], stored["u"]) == (total, total)
+    by_type = {r["type"]: r["n"] for r in query(settings, "SELECT type, count() AS n FROM events GROUP BY type")}
+    assert by_type == {kind: n for kind, n in counts.items() if n}
+    [scored] = query(settings, "SELECT sum(events_total) AS n, sum(email_opens) AS opens FROM account_scores FINAL")
+    assert (scored["n"], scored["opens"]) == (total, counts["email_open"])

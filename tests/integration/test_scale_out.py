@@ -15,7 +15,7 @@ from deploy.local.kafka import free_port
 from deploy.local.worker_process import StoreServerProcess, WorkerProcess
 from streams.settings import Settings
 from streams.simulator import produce_events
-from tests.integration.support import isolated_settings, query, start_worker
+from tests.integration.support import assert_every_event_stored_once, isolated_settings, query, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -64,12 +64,7 @@ def test_two_workers_split_the_partitions_and_one_survives_the_others_kill(kafka
         assert second.status()["stats"]["raw_in"] > taken_over_at
         assert [worker.stop() for worker in workers] == [-9, 0], second.log_tail()
 
-        [stored] = query(shared, "SELECT count() AS n, uniqExact(event_id) AS u FROM events")
-        assert (stored["n"], stored["u"]) == (total, total)
-        by_type = {r["type"]: r["n"] for r in query(shared, "SELECT type, count() AS n FROM events GROUP BY type")}
-        assert by_type == {kind: n for kind, n in counts.items() if n}
-        [scored] = query(shared, "SELECT sum(events_total) AS n, sum(email_opens) AS opens FROM account_scores FINAL")
-        assert (scored["n"], scored["opens"]) == (total, counts["email_open"])
+        assert_every_event_stored_once(shared, total, counts)
         [moves] = query(shared, "SELECT count() AS n, uniqExact(account_id, to_stage) AS u FROM stage_transitions FINAL")
         assert moves["n"] == moves["u"] > 0  # each account reaches each stage once, whoever scored it
     finally:
