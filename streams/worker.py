@@ -39,6 +39,7 @@ class PulseWorker(faust.Worker):
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level of its table dir
     asyncio.run(prepare_topics(settings))
     client = open_store(settings)
     pipeline = build_pipeline(settings, client)
