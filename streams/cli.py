@@ -80,15 +80,17 @@ def serve(read_only: bool) -> None:
     import signal
 
     from streams.clickhouse_http import ClickHouseHttpFront, Credentials
-    from streams.store import data_location, open_store
+    from streams.store import data_location, open_read_only_client, open_store
 
     settings = Settings()
     if settings.clickhouse_url:
         raise click.UsageError("CLICKHOUSE_URL is set: that server already speaks HTTP; `abm store serve` serves the embedded store")
     if not settings.clickhouse_http_password:
         raise click.UsageError("set ABM_CLICKHOUSE_HTTP_PASSWORD: the store is never served without a password")
+    client = open_store(settings)  # migrated by its owner first
     front = ClickHouseHttpFront(
-        open_store(settings), Credentials(settings.clickhouse_http_user, settings.clickhouse_http_password), read_only
+        open_read_only_client(settings) if read_only else client,
+        Credentials(settings.clickhouse_http_user, settings.clickhouse_http_password),
     )
 
     async def run() -> None:

@@ -6,8 +6,10 @@ Statements run on the real engine through the owner's clickhouse-connect client;
 this module only speaks the protocol (query in the URL or body, `param_*` query
 parameters, settings as URL parameters, compressed insert bodies, ClickHouse errors).
 
-Read-only serving is enforced by the engine (``readonly=2`` on every statement: reads
-and setting changes only), never by parsing SQL.
+Read-only serving is the engine's, never SQL parsing: the front is then given a handle of
+its own on which ``readonly = 1`` was set once (streams.store.open_read_only_client), so
+the engine refuses every write, DDL and setting change, and no client's ``SET`` can
+reach the handle the sink writes through.
 """
 
 from __future__ import annotations
@@ -65,11 +67,10 @@ class Credentials:
 class ClickHouseHttpFront:
     """Serves one clickhouse-connect client (normally the owner's chDB store) over HTTP."""
 
-    def __init__(self, client: Client, credentials: Credentials, read_only: bool, lock: threading.Lock | None = None) -> None:
+    def __init__(self, client: Client, credentials: Credentials) -> None:
         self._client = client
         self._credentials = credentials
-        self._read_only = read_only
-        self._lock = lock or threading.Lock()  # one statement at a time on the engine handle
+        self._lock = threading.Lock()  # one statement at a time on the handle
         self.statements = 0
 
     def application(self) -> web.Application:
@@ -99,8 +100,6 @@ class ClickHouseHttpFront:
         except ValueError as exc:
             return _error(400, 0, str(exc))
         settings = {k: v for k, v in params.items() if k not in _TRANSPORT_PARAMS and not k.startswith("param_")}
-        if self._read_only:
-            settings["readonly"] = "2"  # the engine refuses writes; setting changes stay allowed
         # Values come in ClickHouse's escaped text format; the client escapes them again.
         parameters = {k[len("param_"):]: _unescaped(v) for k, v in params.items() if k.startswith("param_")}
         text = params.get("query", "").encode()

@@ -40,6 +40,17 @@ def open_client(settings: Settings) -> Client:
     return clickhouse_connect.get_client(dsn=f"chdb://{settings.chdb_path}")
 
 
+def open_read_only_client(settings: Settings) -> Client:
+    """A handle of its own on the embedded store on which the engine refuses every write,
+    DDL and setting change for good (``readonly = 1`` cannot be unset); the process's
+    other handles are unaffected."""
+    if settings.clickhouse_url:
+        raise ValueError("a read-only handle is for the embedded store; a server has its own users and profiles")
+    client = clickhouse_connect.get_client(dsn=f"chdb://{settings.chdb_path}")
+    client.command("SET readonly = 1")
+    return client
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int
