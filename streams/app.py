@@ -29,17 +29,18 @@ from processors.dedup import DedupPolicy
 from processors.identity import AccountDirectory
 from processors.routing import LearnedContact, add_to_partition, attribute, keys_resolved_by, route_batch
 from processors.validation import Rejection
-from processors.scoring import ScoringConfig
-from processors.stages import StageRules
 from schemas.events import TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, source_topics
+from schemas.events import TOPIC_STAGE_TRANSITIONS
 from streams.checkpoint import Checkpoint
 from streams.directory import DirectoryFeed, contact_record
 from streams.lag import group_lag, oldest_waiting_ms
 from streams.metrics import EventLatencies, LagSnapshot, PipelineCollector, PipelineStats
 from streams.offsets import OffsetGuard
 from streams.rows import account_rows, event_row, transition_rows
+from streams.rules import load_rules
 from streams.settings import Settings
 from streams.sink import ACCOUNT_COLUMNS, EVENT_COLUMNS, TRANSITION_COLUMNS, ClickHouseSink
+from streams.staging import StageClock
 from streams.state import AccountStates
 from streams.topics import consumed_topics
 from streams.unresolved import RESOLUTION_COLUMNS, UNRESOLVED_COLUMNS, pending_events, resolution_row, unresolved_row, waiting_domains
@@ -89,9 +90,9 @@ def create_app(settings: Settings) -> faust.App:
 def build_pipeline(settings: Settings, client: Client, app: faust.App | None = None) -> Pipeline:
     app = app or create_app(settings)
     partitions = settings.topic_partitions
-    config = ScoringConfig(half_life_ms=settings.score_half_life_days * 86_400_000)
-    rules = StageRules()
     dedup = DedupPolicy(horizon_ms=int(settings.dedup_horizon_hours * 3_600_000), max_ids=settings.dedup_max_ids_per_account)
+    # a capped day is remembered as long as duplicates are: late within it scores exactly
+    config, rules = load_rules(settings.engagement_rules, settings.score_half_life_days * 86_400_000, dedup.horizon_ms)
     stats = PipelineStats()
 
     raw_topic = app.topic(*[settings.topic(name) for name in source_topics()], value_type=bytes)
@@ -105,6 +106,10 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
     table = app.Table("account-state", partitions=partitions, key_type=bytes, value_type=bytes)
 
     states = AccountStates(table, partitions, max_cached=settings.state_cache_accounts)
+    stage_clock = StageClock(
+        app, table, states, by_account_topic.get_topic_name(), settings.topic(TOPIC_STAGE_TRANSITIONS), partitions,
+        int(settings.watermark_lateness_hours * 3_600_000), config, rules,
+    )
     latencies = EventLatencies()
     sink = ClickHouseSink(
         client,
@@ -122,7 +127,7 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
         sink,
         states,
         OffsetGuard(app),
-        lambda s: account_rows(s.dirty_states(), int(time.time() * 1000), config, rules),
+        lambda s: account_rows(s.dirty_states(), int(time.time() * 1000), config),
         max_rows=settings.checkpoint_max_rows,
         interval_s=settings.checkpoint_interval_s,
     )
@@ -244,6 +249,7 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
                         event["_src"] = (message.partition, message.offset, index)
                         positioned.append(((message.offset, index), event))
                 folded = fold_events(positioned, states.state_for, config, rules, dedup)
+                transitions = folded.transitions + stage_clock.advance(folded.applied)
                 sink.add(
                     "events",
                     [
@@ -252,10 +258,11 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
                         if event["_src"][1] > written_upto.get(event["_src"][0], -1)
                     ],
                 )
-                sink.add("stage_transitions", transition_rows(folded.transitions))
+                sink.add("stage_transitions", transition_rows(transitions))
+                await stage_clock.publish(transitions)
                 stats.applied += len(folded.applied)
-                stats.transitions += len(folded.transitions)
-                stats.add_counts(stats.transitions_by_stages, Counter(f"{t.from_stage}->{t.to_stage}" for t in folded.transitions))
+                stats.transitions += len(transitions)
+                stats.add_counts(stats.transitions_by_stages, Counter(f"{t.from_stage}->{t.to_stage}" for t in transitions))
                 stats.duplicates += folded.duplicates
                 checkpoint.track(fresh)
                 await checkpoint.commit_if_due()

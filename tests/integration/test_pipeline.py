@@ -11,9 +11,10 @@ import time
 import orjson
 import pytest
 
-from processors.scoring import DEFAULT_WEIGHTS
+from processors.scoring import DAY_MS
+from streams.rules import load_rules
 from streams.simulator import encode, iter_events, produce_events
-from schemas.events import EVENT_TYPES, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED
+from schemas.events import EVENT_TYPES, TOPIC_DEAD_LETTERS, TOPIC_STAGE_TRANSITIONS, TOPIC_UNRESOLVED
 from deploy.local.kafka import free_port
 from tests.integration.support import consume_all, isolated_settings, produce, query, start_worker
 
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.integration
 
 HOUR_MS = 3_600_000
 HALF_LIFE_MS = 30 * 24 * HOUR_MS
+CONFIG, RULES = load_rules(None, HALF_LIFE_MS, 2 * DAY_MS)
 
 
 def iso(ms: int) -> str:
@@ -44,7 +46,7 @@ def expected_score(events: list[dict]) -> float:
     t_last = max(times)
     total = 0.0
     for e in events:
-        weight = 0.0 if e.get("properties", {}).get("machine_open") else DEFAULT_WEIGHTS[e["type"]]
+        weight = 0.0 if e.get("properties", {}).get("machine_open") else CONFIG.weights[e["type"]]
         total += weight * 2 ** (-(t_last - e["_ms"]) / HALF_LIFE_MS)
     return total
 
@@ -103,10 +105,17 @@ def test_known_events_give_exact_counts_scores_stages_and_dead_letters(kafka_boo
     assert (scores["acct-a"]["email_opens"], scores["acct-a"]["email_clicks"]) == (2, 2)
     assert scores["acct-a"]["engaged_contacts_90d"] == 2
     assert {a: r["stage"] for a, r in scores.items()} == {"acct-a": "decision", "acct-b": "awareness", "acct-c": "awareness"}
-    transitions = query(settings, "SELECT from_stage, to_stage, event_id FROM stage_transitions WHERE account_id = 'acct-a' ORDER BY at")
-    assert [(t["from_stage"], t["to_stage"], t["event_id"]) for t in transitions] == [
-        ("target", "awareness", "e1"),
-        ("awareness", "decision", "e5"),
+    a_counts = {"email_open": 2, "email_click": 2, "page_view": 1, "webinar_signup": 1}
+    assert (scores["acct-a"]["events_7d"], scores["acct-a"]["events_90d"], scores["acct-a"]["engaged_contacts_30d"]) == (a_counts, a_counts, 2)
+    assert scores["acct-a"]["stage_reason"] == "high-intent signal within 30 days"
+    transitions = query(settings, "SELECT from_stage, to_stage, event_id, reason FROM stage_transitions WHERE account_id = 'acct-a' ORDER BY at")
+    assert [(t["from_stage"], t["to_stage"], t["event_id"], t["reason"]) for t in transitions] == [
+        ("target", "awareness", "e1", "engaged within 90 days"),
+        ("awareness", "decision", "e5", "high-intent signal within 30 days"),
+    ]
+    published = asyncio.run(consume_all(kafka_bootstrap, settings.topic(TOPIC_STAGE_TRANSITIONS), 4))
+    assert sorted((m.key.decode(), orjson.loads(m.value)["to_stage"]) for m in published) == [
+        ("acct-a", "awareness"), ("acct-a", "decision"), ("acct-b", "awareness"), ("acct-c", "awareness"),
     ]
 
     dead = asyncio.run(consume_all(kafka_bootstrap, settings.topic(TOPIC_DEAD_LETTERS), 2))
