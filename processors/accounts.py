@@ -17,7 +17,7 @@ from typing import Any
 
 from processors.dedup import DedupPolicy, event_key, forget_old, next_prune_size, seen_before
 from processors.scoring import AccountState, ScoringConfig, apply_event
-from processors.stages import StageRules, StageTransition, fall_back_until, note_signals, restage
+from processors.stages import StageRules, StageTransition, fall_back_until, may_move_up, note_signals, restage
 
 Position = tuple[int, int]  # (offset of the Kafka message, index of the event in it)
 
@@ -57,7 +57,7 @@ def fold_events(
             forget_old(state.recent_ids, state.last_event_ms, dedup)
             state.prune_ids_at = next_prune_size(len(state.recent_ids))
         folded.applied.append(event)
-        if note_signals(state, event, rules) or weight > 0:  # nothing else can move the stage up
+        if may_move_up(state, weight, note_signals(state, event, rules)):
             transition = restage(state, max(state.as_of_ms, at), event["event_id"], rules, config)
             if transition is not None:
                 folded.transitions.append(transition)

@@ -14,7 +14,6 @@ of the account's events, so it does not depend on when the watermark reaches it.
 
 from __future__ import annotations
 
-import heapq
 import math
 from dataclasses import dataclass
 from typing import Any, Final
@@ -87,6 +86,14 @@ def note_signals(state: AccountState, event: dict[str, Any], rules: StageRules) 
     return False
 
 
+def may_move_up(state: AccountState, weight: float, signal: bool) -> bool:
+    """Whether an event can qualify the account for a higher stage. Engagement alone
+    (no intent, no opportunity) leads no further than consideration. An event that cannot
+    leaves ``fallback_at_ms`` early, never late (engagement only pushes it back): the
+    fall-back is then evaluated at that time, finds the stage still held and reschedules."""
+    return signal or (weight > 0 and STAGE_RANK[state.stage] < CONSIDERATION)
+
+
 def has_open_opportunity(state: AccountState) -> bool:
     return any(not closed for _, closed, _ in state.opportunities.values())
 
@@ -105,7 +112,7 @@ def holds_until(state: AccountState, at_ms: int, rules: StageRules, config: Scor
     if needed <= 0:
         contacts_until = FOREVER
     elif len(state.contacts) >= needed:  # the needed-th most recent contact ages out last
-        contacts_until = heapq.nlargest(needed, state.contacts.values())[-1] + rules.contacts_window_ms
+        contacts_until = sorted(state.contacts.values(), reverse=True)[needed - 1] + rules.contacts_window_ms
     else:
         contacts_until = NEVER
     consideration = min(score_until, contacts_until)
@@ -123,7 +130,9 @@ def restage(
     """Evaluates the account at ``at_ms`` (no earlier than its latest evaluation), moves
     it when it should, and schedules its next fall-back."""
     until = holds_until(state, at_ms, rules, config)
-    qualified = max(rank for rank, held in enumerate(until) if held >= at_ms)
+    qualified = CUSTOMER
+    while until[qualified] < at_ms:  # target always holds
+        qualified -= 1
     current = STAGE_RANK[state.stage]
     transition = None
     if qualified > current or (qualified < current and at_ms >= state.stage_since_ms + rules.dwell_ms):
