@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,13 +29,12 @@ from processors.identity import AccountDirectory
 from processors.routing import LearnedContact, add_to_partition, attribute, keys_resolved_by, route_batch
 from processors.validation import Rejection
 from schemas.events import TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, source_topics
-from schemas.events import TOPIC_STAGE_TRANSITIONS
 from streams.checkpoint import Checkpoint
 from streams.directory import DirectoryFeed, contact_record
 from streams.lag import group_lag, oldest_waiting_ms
 from streams.metrics import EventLatencies, LagSnapshot, PipelineCollector, PipelineStats
 from streams.offsets import OffsetGuard
-from streams.rows import account_rows, event_row, transition_rows
+from streams.rows import account_rows, event_row
 from streams.rules import load_rules
 from streams.settings import Settings
 from streams.sink import ACCOUNT_COLUMNS, EVENT_COLUMNS, TRANSITION_COLUMNS, ClickHouseSink
@@ -106,10 +104,6 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
     table = app.Table("account-state", partitions=partitions, key_type=bytes, value_type=bytes)
 
     states = AccountStates(table, partitions, max_cached=settings.state_cache_accounts)
-    stage_clock = StageClock(
-        app, table, states, by_account_topic.get_topic_name(), settings.topic(TOPIC_STAGE_TRANSITIONS), partitions,
-        int(settings.watermark_lateness_hours * 3_600_000), config, rules,
-    )
     latencies = EventLatencies()
     sink = ClickHouseSink(
         client,
@@ -132,6 +126,7 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
         interval_s=settings.checkpoint_interval_s,
     )
     guard = checkpoint.guard
+    stage_clock = StageClock(app, settings, table, states, checkpoint, sink, stats, config, rules)
     written_upto = _written_offsets(client)
 
     def admit(events: list[Any]) -> list[Any]:
@@ -249,7 +244,6 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
                         event["_src"] = (message.partition, message.offset, index)
                         positioned.append(((message.offset, index), event))
                 folded = fold_events(positioned, states.state_for, config, rules, dedup)
-                transitions = folded.transitions + stage_clock.advance(folded.applied)
                 sink.add(
                     "events",
                     [
@@ -258,11 +252,8 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
                         if event["_src"][1] > written_upto.get(event["_src"][0], -1)
                     ],
                 )
-                sink.add("stage_transitions", transition_rows(transitions))
-                await stage_clock.publish(transitions)
+                await stage_clock.emit(folded.transitions + stage_clock.advance(folded.applied))
                 stats.applied += len(folded.applied)
-                stats.transitions += len(transitions)
-                stats.add_counts(stats.transitions_by_stages, Counter(f"{t.from_stage}->{t.to_stage}" for t in transitions))
                 stats.duplicates += folded.duplicates
                 checkpoint.track(fresh)
                 await checkpoint.commit_if_due()
