@@ -58,7 +58,8 @@ def fold_events(
             state.prune_ids_at = next_prune_size(len(state.recent_ids))
         folded.applied.append(event)
         if may_move_up(state, weight, note_signals(state, event, rules)):
-            transition = restage(state, max(state.as_of_ms, at), event["event_id"], rules, config)
+            # at the account's latest event time, or later fall-back: its event-time frontier
+            transition = restage(state, max(state.as_of_ms, state.last_event_ms), event["event_id"], rules, config)
             if transition is not None:
                 folded.transitions.append(transition)
     return folded

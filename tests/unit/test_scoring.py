@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from processors.accounts import fold_events
 from processors.dedup import DedupPolicy
-from processors.identity import AccountDirectory
+from processors.identity import AccountDirectory, account_partition
 from processors.routing import route_batch
 from processors.rules import merged, parse_rules
 from processors.scoring import DAY_MS, RETENTION_DAYS, AccountState, apply_event, engaged_contacts, rolling_counts, score_at, seniority_of
@@ -326,3 +326,53 @@ def test_route_batch_groups_by_account_partition_and_sets_aside_the_rest():
     assert [(i, waiting_on) for i, _, waiting_on in routed.unresolved] == [(2, None)]
     assert routed.valid_by_type == {"page_view": 3}
     assert [e["_origin"] for bucket in routed.by_partition.values() for e in bucket] == [("raw", 0, 0), ("raw", 0, 4)]
+
+
+@settings(max_examples=100)
+@given(journey_events)
+def test_skipping_evaluation_for_events_that_cannot_move_up_changes_nothing(items):
+    """fold_events evaluates stages only after events that may move an account up
+    (stages.may_move_up); evaluating after every event gives the same transitions and states."""
+    import processors.accounts
+
+    events = [journey_event(item) for item in items]
+    lean, full = AccountState("a1"), AccountState("a1")
+    positioned = [((i, 0), e) for i, e in enumerate(events)]
+    lean_transitions = fold_events(positioned, lambda _: lean, CONFIG, RULES, DEDUP).transitions
+    original = processors.accounts.may_move_up
+    processors.accounts.may_move_up = lambda *_: True
+    try:
+        full_transitions = fold_events(positioned, lambda _: full, CONFIG, RULES, DEDUP).transitions
+    finally:
+        processors.accounts.may_move_up = original
+    end = T0 + 400 * DAY_MS
+    assert lean_transitions + fall_back_until(lean, end, RULES, CONFIG) == full_transitions + fall_back_until(full, end, RULES, CONFIG)
+    assert (lean.stage, lean.stage_since_ms) == (full.stage, full.stage_since_ms)
+
+
+@settings(max_examples=100)
+@given(st.lists(st.tuples(st.integers(0, 5), journey_events.map(lambda items: items[:5])), min_size=1, max_size=12),
+       st.integers(0, 3))
+def test_the_schedule_applies_exactly_the_fall_backs_a_scan_of_every_account_would(batches, partitions_exp):
+    """Batches of events for a few accounts, with the watermark advancing after each:
+    the schedule's fall-backs equal those of visiting every account every time."""
+    partitions = 2**partitions_exp
+    indexed, scanned = {}, {}
+    schedule = FallbackSchedule(partitions, lateness_ms=DAY_MS)
+    latest: dict[int, int] = {}
+    for account_number, items in batches:
+        account = f"a{account_number}"
+        events = [dict(journey_event(item), account_id=account) for item in items]
+        for states in (indexed, scanned):
+            fold(events, states.setdefault(account, AccountState(account)))
+        schedule.note(indexed[account])
+        got = schedule.fall_back_due(indexed.__getitem__, RULES, CONFIG)
+        partition = account_partition(account, partitions)
+        latest[partition] = max(latest.get(partition, 0), scanned[account].last_event_ms)
+        expected = [
+            t
+            for name, state in sorted(scanned.items())
+            for t in fall_back_until(state, latest[account_partition(name, partitions)] - DAY_MS, RULES, CONFIG)
+        ]
+        assert sorted(got, key=lambda t: (t.account_id, t.at_ms)) == sorted(expected, key=lambda t: (t.account_id, t.at_ms))
+    assert {a: s.stage for a, s in indexed.items()} == {a: s.stage for a, s in scanned.items()}
