@@ -57,7 +57,7 @@ def fold_events(
             forget_old(state.recent_ids, state.last_event_ms, dedup)
             state.prune_ids_at = next_prune_size(len(state.recent_ids))
         folded.applied.append(event)
-        if may_move_up(state, weight, note_signals(state, event, rules)):
+        if may_move_up(state, weight, note_signals(state, event, rules), rules):
             # at the account's latest event time, or later fall-back: its event-time frontier
             transition = restage(state, max(state.as_of_ms, state.last_event_ms), event["event_id"], rules, config)
             if transition is not None:

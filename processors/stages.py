@@ -86,12 +86,21 @@ def note_signals(state: AccountState, event: dict[str, Any], rules: StageRules) 
     return False
 
 
-def may_move_up(state: AccountState, weight: float, signal: bool) -> bool:
-    """Whether an event can qualify the account for a higher stage. Engagement alone
-    (no intent, no opportunity) leads no further than consideration. An event that cannot
-    leaves ``fallback_at_ms`` early, never late (engagement only pushes it back): the
-    fall-back is then evaluated at that time, finds the stage still held and reschedules."""
-    return signal or (weight > 0 and STAGE_RANK[state.stage] < CONSIDERATION)
+def may_move_up(state: AccountState, weight: float, signal: bool, rules: StageRules) -> bool:
+    """Whether an event can qualify the account for a higher stage (a cheap test that
+    spares most events the full evaluation). Engagement alone (no intent, no opportunity)
+    leads no further than consideration, which needs the score (it only decays from
+    ``state.score``) and the contacts. An event that cannot move the account up leaves
+    ``fallback_at_ms`` early, never late (engagement only pushes it back): the fall-back
+    is then evaluated at that time, finds the stage still held and reschedules."""
+    if signal:
+        return True
+    if weight <= 0:
+        return False
+    rank = STAGE_RANK[state.stage]
+    if rank == AWARENESS:
+        return len(state.contacts) >= rules.consideration_min_contacts and state.score >= rules.consideration_min_score
+    return rank == TARGET
 
 
 def has_open_opportunity(state: AccountState) -> bool:

@@ -260,7 +260,8 @@ def test_no_fall_back_within_the_dwell_time():
     assert state.fallback_at_ms == T0 + 7 * DAY_MS  # lapsed after a day, held for the dwell time
     assert fall_back_until(state, T0 + 7 * DAY_MS - 1, rules, CONFIG) == []
     again = fold([ev("page_view", T0 + 6 * DAY_MS)], state, rules=rules)  # engaged again within the dwell
-    assert again.transitions == [] and state.fallback_at_ms == T0 + 7 * DAY_MS + 1
+    assert again.transitions == []
+    assert fall_back_until(state, T0 + 7 * DAY_MS, rules, CONFIG) == [] and state.fallback_at_ms == T0 + 7 * DAY_MS + 1
     [fell] = fall_back_until(state, T0 + 30 * DAY_MS, rules, CONFIG)
     assert (fell.to_stage, fell.at_ms, fell.event_id) == ("target", T0 + 7 * DAY_MS + 1, "")
 
