@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 HOUR_MS = 3_600_000
 HALF_LIFE_MS = 30 * 24 * HOUR_MS
-CONFIG, RULES = load_rules(None, HALF_LIFE_MS, 2 * DAY_MS)
+CONFIG, _ = load_rules(None, HALF_LIFE_MS, 2 * DAY_MS)
 
 
 def iso(ms: int) -> str:
