@@ -17,7 +17,7 @@ from typing import Any
 
 from processors.dedup import DedupPolicy, event_key, forget_old, next_prune_size, seen_before
 from processors.scoring import AccountState, ScoringConfig, apply_event
-from processors.stages import StageRules, StageTransition, advance_stage
+from processors.stages import StageRules, StageTransition, fall_back_until, may_move_up, note_signals, restage
 
 Position = tuple[int, int]  # (offset of the Kafka message, index of the event in it)
 
@@ -49,14 +49,19 @@ def fold_events(
         if seen_before(state.recent_ids, event_key(event), event["occurred_at_ms"]):
             folded.duplicates += 1
             continue
-        apply_event(state, event, config)
+        at = event["occurred_at_ms"]
+        if 0 < state.fallback_at_ms <= at:  # time passed since the account's last evaluation
+            folded.transitions.extend(fall_back_until(state, at, rules, config))
+        weight = apply_event(state, event, config)
         if len(state.recent_ids) > state.prune_ids_at:
             forget_old(state.recent_ids, state.last_event_ms, dedup)
             state.prune_ids_at = next_prune_size(len(state.recent_ids))
         folded.applied.append(event)
-        transition = advance_stage(state, state.last_event_ms, event["event_id"], rules, config)
-        if transition is not None:
-            folded.transitions.append(transition)
+        if may_move_up(state, weight, note_signals(state, event, rules), rules):
+            # at the account's latest event time, or later fall-back: its event-time frontier
+            transition = restage(state, max(state.as_of_ms, state.last_event_ms), event["event_id"], rules, config)
+            if transition is not None:
+                folded.transitions.append(transition)
     return folded
 
 

@@ -21,6 +21,8 @@ from typing import Any, Final
 
 from publicsuffixlist import PublicSuffixList
 
+from processors.scoring import seniority_of
+
 # Free-mail and ISP domains: a person's address there says nothing about their employer.
 PERSONAL_DOMAINS: Final = frozenset(
     {
@@ -110,6 +112,7 @@ class AccountDirectory:
         self._account_by_domain: dict[str, str] = {}
         self._domains_of: dict[str, set[str]] = {}
         self._account_by_contact: OrderedDict[str, str] = OrderedDict()  # "id:..." / "email:..." keys
+        self._seniority_by_contact: dict[str, str] = {}  # same keys, for contacts with a known title
 
     def learn_account(self, account_id: str, domains: list[str] | tuple[str, ...]) -> list[str]:
         """Maps the account's registrable domains (personal ones ignored); returns those
@@ -143,17 +146,30 @@ class AccountDirectory:
     def account_for_domain(self, domain: str) -> str | None:
         return self._account_by_domain.get(domain)
 
-    def learn_contact(self, contact_id: object, email: object, account_id: str) -> bool:
-        """Remembers the contact's account; True when that is news."""
+    def learn_contact(self, contact_id: object, email: object, account_id: str, title: object = None) -> bool:
+        """Remembers the contact's account (and the seniority of its title, when given);
+        True when the account is news."""
         learned = False
+        seniority = seniority_of(title) if isinstance(title, str) else None
         for key, _ in _contact_keys(contact_id, email):
             if self._account_by_contact.get(key) != account_id:
                 learned = True
             self._account_by_contact[key] = account_id
             self._account_by_contact.move_to_end(key)
+            if seniority is not None:
+                self._seniority_by_contact[key] = seniority
         while len(self._account_by_contact) > self._max_contacts:
-            self._account_by_contact.popitem(last=False)
+            forgotten, _ = self._account_by_contact.popitem(last=False)
+            self._seniority_by_contact.pop(forgotten, None)
         return learned
+
+    def seniority(self, contact_id: object, email: object) -> str | None:
+        """The seniority of the contact's title, when a contact record gave one."""
+        for key, _ in _contact_keys(contact_id, email):
+            seniority = self._seniority_by_contact.get(key)
+            if seniority is not None:
+                return seniority
+        return None
 
     def resolve(self, event: dict[str, Any]) -> Resolution:
         explicit = event.get("account_id")

@@ -53,11 +53,16 @@ def route_batch(
 
 
 def attribute(event: dict[str, Any], account_id: str, directory: AccountDirectory, learned: list[LearnedContact]) -> None:
-    """Gives the event its account; a contact it names now stays with that account."""
+    """Gives the event its account (and its contact's seniority, when known); a contact
+    it names now stays with that account."""
     event["account_id"] = account_id
     contact_id, email = event.get("contact_id"), event.get("email")
-    if (contact_id or email) and directory.learn_contact(contact_id, email, account_id):
-        learned.append((contact_id, email, account_id))
+    if contact_id or email:
+        if directory.learn_contact(contact_id, email, account_id):
+            learned.append((contact_id, email, account_id))
+        seniority = directory.seniority(contact_id, email)
+        if seniority is not None:
+            event["_seniority"] = seniority
 
 
 def add_to_partition(by_partition: dict[int, list[dict[str, Any]]], event: dict[str, Any], partitions: int) -> None:

@@ -1,26 +1,40 @@
-"""Per-account engagement: a time-decayed score, counts, breadth and funnel stage.
+"""Per-account engagement: a time-decayed score, counts, breadth and rolling counts.
 
 score(t) = sum of w_i * 2^(-(t - t_i) / H) over the account's events with t_i <= t.
 The state keeps the score as of ``score_at_ms`` (the latest event time seen), so an
 event is folded in with one multiplication whether it is in order or late.
+
+w_i = the type's weight x the contact's seniority multiplier; a privacy-proxy open
+weighs 0. Per contact, UTC day and capped type only the day's earliest ``cap`` events
+count: a late event earlier than a counted one takes its place (the replaced one's
+contribution is subtracted), so the score is the same in any arrival order as long as
+the day's counted times are remembered (``cap_memory_ms`` behind the newest event).
+
+Memory is bounded by event time: per-day counts and engaged contacts are kept for
+``RETENTION_DAYS``, capped-day memories for ``cap_memory_ms``; pruned once per account
+and event day.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
 
 DAY_MS: Final = 86_400_000
+ROLLING_WINDOWS_DAYS: Final = (7, 30, 90)  # rolling counts per type, engaged contacts (30, 90)
+RETENTION_DAYS: Final = max(ROLLING_WINDOWS_DAYS)
+SENIORITIES: Final = ("c_level", "vp", "director", "manager", "other")
 
-# Default weight per event type; machine (privacy-proxy) opens weigh nothing.
-DEFAULT_WEIGHTS: Final[dict[str, float]] = {
-    "email_open": 1.0,
-    "email_click": 3.0,
-    "page_view": 2.0,
-    "webinar_signup": 8.0,
-}
+# First match wins: "Vice President" is a VP before it is a president.
+_SENIORITY_PATTERNS: Final = (
+    ("vp", re.compile(r"\b(vp|svp|evp|vice[ -]president)\b")),
+    ("c_level", re.compile(r"\b(c[a-z]o|chief|president|founder|co-founder|owner)\b")),
+    ("director", re.compile(r"\b(director|head of)\b")),
+    ("manager", re.compile(r"\b(manager|lead)\b")),
+)
 
 
 @dataclass(slots=True)
@@ -40,6 +54,15 @@ class AccountState:
     origin_upto: dict[str, int] = field(default_factory=dict)  # "raw topic/partition" -> last raw offset absorbed
     recent_ids: dict[int, int] = field(default_factory=dict)  # processors.dedup keys -> event time
     prune_ids_at: int = 0  # size of recent_ids that triggers the next prune
+    last_engaged_ms: int = 0  # latest event that weighed something
+    daily: dict[int, dict[str, int]] = field(default_factory=dict)  # UTC day -> type -> events
+    capped: dict[str, list[list[float]]] = field(default_factory=dict)  # "day|type|contact" -> counted [ms, weight]
+    pruned_day: int = 0  # the event day of the last prune
+    opportunities: dict[str, list[int]] = field(default_factory=dict)  # id -> [ms of latest change, closed, won]
+    won_at_ms: int = 0  # earliest closed-won opportunity
+    as_of_ms: int = 0  # event time the stage was last evaluated at (latest event or fall-back)
+    fallback_at_ms: int = 0  # when the stage falls back without new events; 0 = never
+    stage_reason: str = ""
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self, option=orjson.OPT_NON_STR_KEYS)
@@ -49,55 +72,130 @@ class AccountState:
         fields = orjson.loads(raw)
         fields["applied_upto"] = tuple(fields["applied_upto"])
         fields["recent_ids"] = {int(key): at for key, at in fields.get("recent_ids", {}).items()}
+        fields["daily"] = {int(day): counts for day, counts in fields.get("daily", {}).items()}
+        # states written before these fields existed
+        fields.setdefault("last_engaged_ms", fields["last_event_ms"])
+        fields.setdefault("as_of_ms", fields["last_event_ms"])
         return cls(**fields)
 
 
 @dataclass(frozen=True, slots=True)
 class ScoringConfig:
+    weights: dict[str, float]
+    daily_caps: dict[str, int]  # per contact, day and type; types not listed are uncapped
+    seniority: dict[str, float]  # multiplier per SENIORITIES entry
     half_life_ms: float = 30 * DAY_MS
-    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    cap_memory_ms: int = 2 * DAY_MS
 
 
 def decay(half_life_ms: float, elapsed_ms: float) -> float:
     return 2.0 ** (-elapsed_ms / half_life_ms)
 
 
+def seniority_of(title: str) -> str:
+    """The seniority class of a job title (``SENIORITIES``)."""
+    lowered = title.lower()
+    for seniority, pattern in _SENIORITY_PATTERNS:
+        if pattern.search(lowered):
+            return seniority
+    return "other"
+
+
 def event_weight(event: dict[str, Any], config: ScoringConfig) -> float:
-    properties = event.get("properties") or {}
-    if properties.get("machine_open") is True:
+    properties = event.get("properties")
+    if properties and properties.get("machine_open") is True:
         return 0.0
-    return config.weights.get(event["type"], 0.0)
-
-
-def is_high_intent(event: dict[str, Any]) -> bool:
-    """Signals of buying intent: a webinar signup or a pricing page view."""
-    if event["type"] == "webinar_signup":
-        return True
-    return event["type"] == "page_view" and "/pricing" in (event.get("url") or "")
+    weight = config.weights.get(event["type"], 0.0)
+    seniority = event.get("_seniority")  # set at routing from the contact's title
+    return weight * config.seniority[seniority] if seniority and weight else weight
 
 
 def score_at(state: AccountState, at_ms: int, config: ScoringConfig) -> float:
-    """The account's score at ``at_ms`` (no later than its latest event)."""
+    """The account's score at ``at_ms`` (no earlier than its latest event)."""
     return state.score * decay(config.half_life_ms, at_ms - state.score_at_ms)
 
 
-def apply_event(state: AccountState, event: dict[str, Any], config: ScoringConfig) -> None:
-    """Fold one canonical event into the account's state."""
+def engaged_contacts(state: AccountState, at_ms: int, window_ms: int) -> int:
+    since = at_ms - window_ms
+    return sum(1 for last in state.contacts.values() if since <= last <= at_ms)
+
+
+def rolling_counts(state: AccountState, at_ms: int, days: int) -> dict[str, int]:
+    """Events per type over the ``days`` UTC days ending with ``at_ms``'s day."""
+    today = at_ms // DAY_MS
+    totals: dict[str, int] = {}
+    for day, counts in state.daily.items():
+        if today - days < day <= today:
+            for kind, n in counts.items():
+                totals[kind] = totals.get(kind, 0) + n
+    return totals
+
+
+def apply_event(state: AccountState, event: dict[str, Any], config: ScoringConfig) -> float:
+    """Fold one canonical event into the account's state; returns its weight."""
     at = event["occurred_at_ms"]
+    kind = event["type"]
     weight = event_weight(event, config)
+    contact = event.get("contact_id") or event.get("email")
+    day = at // DAY_MS
+    if weight > 0:
+        cap = config.daily_caps.get(kind)
+        if cap is not None and contact:
+            _count_capped(state, f"{day}|{kind}|{contact}", cap, at, weight, config)
+        else:
+            _add(state, weight, at, config)
+        if at > state.last_engaged_ms:
+            state.last_engaged_ms = at
+        if contact and at > state.contacts.get(contact, 0):
+            state.contacts[contact] = at
+    state.events_total += 1
+    state.counts[kind] = state.counts.get(kind, 0) + 1
+    today = state.daily.get(day)
+    if today is None:
+        today = state.daily[day] = {}
+    today[kind] = today.get(kind, 0) + 1
+    if state.first_event_ms == 0 or at < state.first_event_ms:
+        state.first_event_ms = at
+    if at > state.last_event_ms:
+        state.last_event_ms = at
+        if day > state.pruned_day:
+            _prune(state, day, config)
+    return weight
+
+
+def _add(state: AccountState, weight: float, at: int, config: ScoringConfig) -> None:
     if at >= state.score_at_ms:
         state.score = state.score * decay(config.half_life_ms, at - state.score_at_ms) + weight
         state.score_at_ms = at
     else:
         state.score += weight * decay(config.half_life_ms, state.score_at_ms - at)
-    state.events_total += 1
-    kind = event["type"]
-    state.counts[kind] = state.counts.get(kind, 0) + 1
-    if state.first_event_ms == 0 or at < state.first_event_ms:
-        state.first_event_ms = at
-    state.last_event_ms = max(state.last_event_ms, at)
-    contact = event.get("contact_id") or event.get("email")
-    if contact and weight > 0 and at > state.contacts.get(contact, 0):
-        state.contacts[contact] = at
-    if is_high_intent(event):
-        state.last_high_intent_ms = max(state.last_high_intent_ms, at)
+
+
+def _count_capped(state: AccountState, key: str, cap: int, at: int, weight: float, config: ScoringConfig) -> None:
+    """Keeps the day's ``cap`` earliest events of the contact and type counted."""
+    counted = state.capped.get(key)
+    if counted is None:
+        state.capped[key] = [[at, weight]]
+    elif len(counted) < cap:
+        counted.append([at, weight])
+    else:
+        latest = max(counted)
+        if at >= latest[0]:  # in event-time order it would have come after the cap
+            return
+        counted.remove(latest)
+        _add(state, -latest[1], int(latest[0]), config)
+        counted.append([at, weight])
+    _add(state, weight, at, config)
+
+
+def _prune(state: AccountState, today: int, config: ScoringConfig) -> None:
+    oldest_day = today - RETENTION_DAYS
+    for day in [day for day in state.daily if day <= oldest_day]:
+        del state.daily[day]
+    oldest_ms = oldest_day * DAY_MS  # older than every window evaluated from today on
+    for contact in [c for c, at in state.contacts.items() if at < oldest_ms]:
+        del state.contacts[contact]
+    oldest_cap_day = (today * DAY_MS - config.cap_memory_ms) // DAY_MS
+    for key in [key for key in state.capped if int(key.partition("|")[0]) < oldest_cap_day]:
+        del state.capped[key]
+    state.pruned_day = today

@@ -166,6 +166,7 @@ RECORD_TYPES: Final[dict[str, RecordType]] = {
 TOPIC_BY_ACCOUNT: Final = "events.by-account"  # validated events, partitioned by account
 TOPIC_DEAD_LETTERS: Final = "dead-letters"
 TOPIC_UNRESOLVED: Final = "events.unresolved"
+TOPIC_STAGE_TRANSITIONS: Final = "stage-transitions"  # every funnel-stage change, keyed by account
 TOPIC_ACCOUNTS: Final = RECORD_TYPES["account"].topic  # account records, compacted by account id
 TOPIC_CONTACTS: Final = RECORD_TYPES["contact"].topic  # contact records, compacted by contact id
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,17 +28,17 @@ from processors.dedup import DedupPolicy
 from processors.identity import AccountDirectory
 from processors.routing import LearnedContact, add_to_partition, attribute, keys_resolved_by, route_batch
 from processors.validation import Rejection
-from processors.scoring import ScoringConfig
-from processors.stages import StageRules
 from schemas.events import TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, source_topics
 from streams.checkpoint import Checkpoint
 from streams.directory import DirectoryFeed, contact_record
 from streams.lag import group_lag, oldest_waiting_ms
 from streams.metrics import EventLatencies, LagSnapshot, PipelineCollector, PipelineStats
 from streams.offsets import OffsetGuard
-from streams.rows import account_rows, event_row, transition_rows
+from streams.rows import account_rows, event_row
+from streams.rules import load_rules
 from streams.settings import Settings
 from streams.sink import ACCOUNT_COLUMNS, EVENT_COLUMNS, TRANSITION_COLUMNS, ClickHouseSink
+from streams.staging import StageClock
 from streams.state import AccountStates
 from streams.topics import consumed_topics
 from streams.unresolved import RESOLUTION_COLUMNS, UNRESOLVED_COLUMNS, pending_events, resolution_row, unresolved_row, waiting_domains
@@ -90,9 +89,9 @@ def create_app(settings: Settings) -> faust.App:
 def build_pipeline(settings: Settings, client: Client, app: faust.App | None = None) -> Pipeline:
     app = app or create_app(settings)
     partitions = settings.topic_partitions
-    config = ScoringConfig(half_life_ms=settings.score_half_life_days * 86_400_000)
-    rules = StageRules()
     dedup = DedupPolicy(horizon_ms=int(settings.dedup_horizon_hours * 3_600_000), max_ids=settings.dedup_max_ids_per_account)
+    # a capped day is remembered as long as duplicates are: late within it scores exactly
+    config, rules = load_rules(settings.engagement_rules, settings.score_half_life_days * 86_400_000, dedup.horizon_ms)
     stats = PipelineStats()
 
     raw_topic = app.topic(*[settings.topic(name) for name in source_topics()], value_type=bytes)
@@ -123,11 +122,12 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
         sink,
         states,
         OffsetGuard(app),
-        lambda s: account_rows(s.dirty_states(), int(time.time() * 1000), config, rules),
+        lambda s: account_rows(s.dirty_states(), int(time.time() * 1000), config),
         max_rows=settings.checkpoint_max_rows,
         interval_s=settings.checkpoint_interval_s,
     )
     guard = checkpoint.guard
+    stage_clock = StageClock(app, settings, table, states, checkpoint, sink, stats, config, rules)
     written_upto = _written_offsets(client)
 
     def admit(events: list[Any]) -> list[Any]:
@@ -253,10 +253,8 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
                         if event["_src"][1] > written_upto.get(event["_src"][0], -1)
                     ],
                 )
-                sink.add("stage_transitions", transition_rows(folded.transitions))
+                await stage_clock.emit(folded.transitions + stage_clock.advance(folded.applied))
                 stats.applied += len(folded.applied)
-                stats.transitions += len(folded.transitions)
-                stats.add_counts(stats.transitions_by_stages, Counter(f"{t.from_stage}->{t.to_stage}" for t in folded.transitions))
                 stats.duplicates += folded.duplicates
                 checkpoint.track(fresh)
                 await checkpoint.commit_if_due()

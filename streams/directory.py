@@ -104,7 +104,7 @@ class DirectoryFeed:
             await self._on_invalid(record, contact)
             return set()
         contact_id, email = contact.get("contact_id"), contact.get("email")
-        if not self.directory.learn_contact(contact_id, email, contact["account_id"]):
+        if not self.directory.learn_contact(contact_id, email, contact["account_id"], contact.get("title")):
             return set()
         return set(waiting_keys(contact_id, email))
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import orjson
 
-from processors.scoring import AccountState, ScoringConfig, score_at
-from processors.stages import StageRules, StageTransition, engaged_contacts
+from processors.scoring import DAY_MS, AccountState, ScoringConfig, engaged_contacts, rolling_counts, score_at
+from processors.stages import StageTransition
 
 EMPTY_PROPERTIES = b"{}"
 
@@ -34,12 +34,13 @@ def event_row(event: dict[str, Any], partition: int, offset: int, index: int) ->
     )
 
 
-def account_row(state: AccountState, now_ms: int, config: ScoringConfig, rules: StageRules) -> tuple[Any, ...]:
+def account_row(state: AccountState, now_ms: int, config: ScoringConfig) -> tuple[Any, ...]:
     counts = state.counts
+    as_of = max(state.as_of_ms, state.last_event_ms)
     return (
         state.account_id,
-        score_at(state, state.score_at_ms, config),
-        state.score_at_ms,
+        score_at(state, as_of, config),
+        as_of,
         state.stage,
         state.stage_since_ms,
         state.events_total,
@@ -47,19 +48,32 @@ def account_row(state: AccountState, now_ms: int, config: ScoringConfig, rules: 
         counts.get("email_click", 0),
         counts.get("page_view", 0),
         counts.get("webinar_signup", 0),
-        engaged_contacts(state, state.last_event_ms, rules.breadth_window_ms),
+        engaged_contacts(state, as_of, 90 * DAY_MS),
         state.first_event_ms,
         state.last_event_ms,
         now_ms,
         state.events_total,
+        engaged_contacts(state, as_of, 30 * DAY_MS),
+        rolling_counts(state, as_of, 7),
+        rolling_counts(state, as_of, 30),
+        rolling_counts(state, as_of, 90),
+        state.stage_reason,
     )
 
 
-def account_rows(
-    states: Iterable[AccountState], now_ms: int, config: ScoringConfig, rules: StageRules
-) -> list[Sequence[Any]]:
-    return [account_row(state, now_ms, config, rules) for state in states]
+def account_rows(states: Iterable[AccountState], now_ms: int, config: ScoringConfig) -> list[Sequence[Any]]:
+    return [account_row(state, now_ms, config) for state in states]
 
 
 def transition_rows(transitions: Iterable[StageTransition]) -> list[Sequence[Any]]:
-    return [(t.account_id, t.from_stage, t.to_stage, t.at_ms, t.score, t.event_id) for t in transitions]
+    return [(t.account_id, t.from_stage, t.to_stage, t.at_ms, t.score, t.event_id, t.reason) for t in transitions]
+
+
+def transition_message(transition: StageTransition) -> tuple[bytes, bytes]:
+    """Key and value of a transition on the stage-transitions topic."""
+    t = transition
+    value = {
+        "account_id": t.account_id, "from_stage": t.from_stage, "to_stage": t.to_stage, "at_ms": t.at_ms,
+        "score": t.score, "event_id": t.event_id, "reason": t.reason,
+    }
+    return t.account_id.encode(), orjson.dumps(value)

@@ -68,6 +68,12 @@ class Settings(BaseSettings):
 
     # Scoring
     score_half_life_days: float = Field(30.0, gt=0, description="half-life of an event's score contribution")
+    engagement_rules: Path | None = Field(
+        None, description="TOML file overriding keys of the shipped engagement rules (weights, caps, seniority, stages)"
+    )
+    watermark_lateness_hours: float = Field(
+        1.0, ge=0, description="a partition's watermark trails its latest event time by this; fall-backs apply once it passes them"
+    )
 
     @property
     def chdb_path(self) -> Path:

@@ -24,9 +24,10 @@ EVENT_COLUMNS = (
 ACCOUNT_COLUMNS = (
     "account_id", "engagement_score", "score_at", "stage", "stage_since", "events_total", "email_opens",
     "email_clicks", "page_views", "webinar_signups", "engaged_contacts_90d", "first_event_at",
-    "last_event_at", "updated_at", "version",
+    "last_event_at", "updated_at", "version", "engaged_contacts_30d", "events_7d", "events_30d",
+    "events_90d", "stage_reason",
 )
-TRANSITION_COLUMNS = ("account_id", "from_stage", "to_stage", "at", "score", "event_id")
+TRANSITION_COLUMNS = ("account_id", "from_stage", "to_stage", "at", "score", "event_id", "reason")
 
 
 @dataclass(slots=True)

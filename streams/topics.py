@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from schemas.events import TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, source_topics
+from schemas.events import (
+    TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_STAGE_TRANSITIONS, TOPIC_UNRESOLVED, source_topics,
+)
 from streams.kafka_admin import ensure_topics
 from streams.settings import Settings
 
@@ -15,7 +17,7 @@ def consumed_topics(settings: Settings) -> list[str]:
 
 
 def pipeline_topics(settings: Settings) -> list[str]:
-    names = [TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, *REFERENCE_TOPICS]
+    names = [TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, TOPIC_STAGE_TRANSITIONS, *REFERENCE_TOPICS]
     return [*consumed_topics(settings), *(settings.topic(name) for name in names)]
 
 

@@ -31,9 +31,9 @@ def isolated_settings(bootstrap: str, data_dir: Path, **overrides: object) -> Se
     )
 
 
-def start_worker(settings: Settings, name: str = "worker") -> WorkerProcess:
+def start_worker(settings: Settings, name: str = "worker", extra_env: dict[str, str] | None = None) -> WorkerProcess:
     asyncio.run(prepare_topics(settings))
-    worker = WorkerProcess(settings, settings.data_dir / "logs" / f"{name}.log")
+    worker = WorkerProcess(settings, settings.data_dir / "logs" / f"{name}.log", extra_env or {})
     worker.start()
     return worker
 

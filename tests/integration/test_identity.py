@@ -5,12 +5,14 @@ becomes known, across a restart."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import orjson
 import pytest
 
 from schemas.events import EVENT_TYPES, TOPIC_ACCOUNTS, TOPIC_CONTACTS
+from streams.topics import prepare_topics
 from tests.integration.support import consume_all, isolated_settings, produce, query, start_worker
 
 pytestmark = pytest.mark.integration
@@ -94,3 +96,31 @@ def test_directory_domains_sticky_contacts_and_late_resolution(kafka_bootstrap, 
     assert scores == {"acct-known": 5, "acct-later": 2}
     learned = asyncio.run(consume_all(kafka_bootstrap, settings.topic(TOPIC_CONTACTS), 1, timeout_s=10))
     assert {orjson.loads(m.value)["account_id"] for m in learned} == {"acct-known", "acct-later"}
+
+
+def test_contact_titles_and_an_override_rules_file_weigh_events(kafka_bootstrap, tmp_path):
+    """The CRM's contact titles reach the score through the directory; ABM_ENGAGEMENT_RULES
+    overrides the shipped weights and multipliers."""
+    settings = isolated_settings(kafka_bootstrap, tmp_path / "abm")
+    rules = tmp_path / "rules.toml"
+    rules.write_text("[weights]\nemail_click = 5.0\n\n[seniority]\nc_level = 3.0\n")
+    asyncio.run(prepare_topics(settings))
+    contacts = [
+        {"contact_id": "c-ceo", "account_id": "acct-t", "title": "Chief Executive Officer"},
+        {"contact_id": "c-eng", "account_id": "acct-t", "title": "Software Engineer"},
+    ]
+    records = [(settings.topic(TOPIC_CONTACTS), c["contact_id"].encode(), orjson.dumps(c)) for c in contacts]
+    asyncio.run(produce(kafka_bootstrap, records))  # read in full before the first event is routed
+    t = at(60)
+    clicks = [event("e1", "email_click", contact_id="c-ceo", url="u", occurred_at=t), event("e2", "email_click", contact_id="c-eng", url="u", occurred_at=t + 1000)]
+    worker = start_worker(settings, extra_env={"ABM_ENGAGEMENT_RULES": str(rules)})
+    try:
+        asyncio.run(produce(kafka_bootstrap, [(settings.topic(EVENT_TYPES["email_click"].topic), None, orjson.dumps(e)) for e in clicks]))
+        worker.wait_drained(timeout_s=60)
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+
+    [row] = query(settings, "SELECT account_id, engagement_score, engaged_contacts_30d FROM account_scores FINAL")
+    expected = 5.0 * 3.0 * 2 ** (-1000 / (30 * 86_400_000)) + 5.0
+    assert (row["account_id"], row["engaged_contacts_30d"]) == ("acct-t", 2)
+    assert math.isclose(row["engagement_score"], expected, rel_tol=1e-12)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import math
 import random
 import time
@@ -11,9 +12,11 @@ import time
 import orjson
 import pytest
 
-from processors.scoring import DEFAULT_WEIGHTS
+from processors.identity import account_partition
+from processors.scoring import DAY_MS
+from streams.rules import load_rules
 from streams.simulator import encode, iter_events, produce_events
-from schemas.events import EVENT_TYPES, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED
+from schemas.events import EVENT_TYPES, TOPIC_DEAD_LETTERS, TOPIC_STAGE_TRANSITIONS, TOPIC_UNRESOLVED
 from deploy.local.kafka import free_port
 from tests.integration.support import assert_every_event_stored_once, consume_all, isolated_settings, produce, query, start_worker
 
@@ -21,6 +24,7 @@ pytestmark = pytest.mark.integration
 
 HOUR_MS = 3_600_000
 HALF_LIFE_MS = 30 * 24 * HOUR_MS
+CONFIG, _ = load_rules(None, HALF_LIFE_MS, 2 * DAY_MS)
 
 
 def iso(ms: int) -> str:
@@ -44,7 +48,7 @@ def expected_score(events: list[dict]) -> float:
     t_last = max(times)
     total = 0.0
     for e in events:
-        weight = 0.0 if e.get("properties", {}).get("machine_open") else DEFAULT_WEIGHTS[e["type"]]
+        weight = 0.0 if e.get("properties", {}).get("machine_open") else CONFIG.weights[e["type"]]
         total += weight * 2 ** (-(t_last - e["_ms"]) / HALF_LIFE_MS)
     return total
 
@@ -103,10 +107,17 @@ def test_known_events_give_exact_counts_scores_stages_and_dead_letters(kafka_boo
     assert (scores["acct-a"]["email_opens"], scores["acct-a"]["email_clicks"]) == (2, 2)
     assert scores["acct-a"]["engaged_contacts_90d"] == 2
     assert {a: r["stage"] for a, r in scores.items()} == {"acct-a": "decision", "acct-b": "awareness", "acct-c": "awareness"}
-    transitions = query(settings, "SELECT from_stage, to_stage, event_id FROM stage_transitions WHERE account_id = 'acct-a' ORDER BY at")
-    assert [(t["from_stage"], t["to_stage"], t["event_id"]) for t in transitions] == [
-        ("target", "awareness", "e1"),
-        ("awareness", "decision", "e5"),
+    a_counts = {"email_open": 2, "email_click": 2, "page_view": 1, "webinar_signup": 1}
+    assert (scores["acct-a"]["events_7d"], scores["acct-a"]["events_90d"], scores["acct-a"]["engaged_contacts_30d"]) == (a_counts, a_counts, 2)
+    assert scores["acct-a"]["stage_reason"] == "high-intent signal within 30 days"
+    transitions = query(settings, "SELECT from_stage, to_stage, event_id, reason FROM stage_transitions WHERE account_id = 'acct-a' ORDER BY at")
+    assert [(t["from_stage"], t["to_stage"], t["event_id"], t["reason"]) for t in transitions] == [
+        ("target", "awareness", "e1", "engaged within 90 days"),
+        ("awareness", "decision", "e5", "high-intent signal within 30 days"),
+    ]
+    published = asyncio.run(consume_all(kafka_bootstrap, settings.topic(TOPIC_STAGE_TRANSITIONS), 4))
+    assert sorted((m.key.decode(), orjson.loads(m.value)["to_stage"]) for m in published) == [
+        ("acct-a", "awareness"), ("acct-a", "decision"), ("acct-b", "awareness"), ("acct-c", "awareness"),
     ]
 
     dead = asyncio.run(consume_all(kafka_bootstrap, settings.topic(TOPIC_DEAD_LETTERS), 2))
@@ -223,3 +234,103 @@ def test_every_event_delivered_three_times_counts_once(kafka_bootstrap, tmp_path
         by_account[e["account_id"]] = by_account.get(e["account_id"], 0) + 1
     scored = query(settings, "SELECT account_id, events_total FROM account_scores FINAL")
     assert {r["account_id"]: r["events_total"] for r in scored} == by_account
+
+
+# Event time of the journeys: 200 days, ending long ago, so that ticks "now" move every
+# partition's watermark past every fall-back.
+JOURNEY_DAYS = 200
+LATENESS_DAYS = 300  # more than the journeys' span: no fall-back is applied before the ticks
+
+
+def journeys(settings, start_ms: int, accounts: int, seed: int) -> list[tuple[str, bytes, bytes]]:
+    """Each account's events on one raw topic, keyed by account, so that every account
+    sees its events in the same order in any run: page views of a few contacts (some of
+    the pricing page), or opportunities opened, won or lost."""
+    rng = random.Random(seed)
+    timed = []
+    n = 0
+    for a in range(accounts):
+        account = f"acct-{a:03d}"
+        if a % 10 == 9:
+            opened = rng.randrange(JOURNEY_DAYS // 2) * 24 * HOUR_MS
+            outcome = rng.choice([(True, True), (True, False), (False, False)])
+            steps = [(opened, "open", (False, False)), (opened + rng.randrange(60) * 24 * HOUR_MS, "close", outcome)]
+            for at, stage, (closed, won) in steps:
+                n += 1
+                properties = {"opportunity_id": f"opp-{a}", "stage": stage, "is_closed": closed, "is_won": won}
+                timed.append((start_ms + at, account, make(n, "opportunity_stage_changed", account, "", start_ms + at, properties=properties)))
+            continue
+        for _ in range(rng.randrange(40, 120)):
+            n += 1
+            at = start_ms + rng.randrange(JOURNEY_DAYS * 24 * HOUR_MS)
+            url = "https://x.example/pricing" if rng.random() < 0.05 else "https://x.example/blog/1"
+            timed.append((at, account, make(n, "page_view", account, f"{account}-c{rng.randrange(4)}", at, url=url)))
+    timed.sort(key=lambda item: item[0])
+    return [(settings.topic(EVENT_TYPES[e["type"]].topic), account.encode(), orjson.dumps(e)) for _, account, e in timed]
+
+
+def ticks(settings, at_ms: int) -> list[tuple[str, bytes, bytes]]:
+    """One page view now for an account of every by-account partition: moves every watermark."""
+    owners: dict[int, str] = {}
+    for i in itertools.count():
+        owners.setdefault(account_partition(f"tick-{i}", settings.topic_partitions), f"tick-{i}")
+        if len(owners) == settings.topic_partitions:
+            break
+    return [(settings.topic(EVENT_TYPES["page_view"].topic), a.encode(), orjson.dumps(make(10**6 + p, "page_view", a, "t", at_ms))) for p, a in owners.items()]
+
+
+def outcome(settings) -> tuple[dict, set, set]:
+    scores = {
+        r["account_id"]: r
+        for r in query(
+            settings,
+            "SELECT account_id, engagement_score, score_at, stage, stage_since, stage_reason, events_total, "
+            "engaged_contacts_30d, engaged_contacts_90d, events_90d FROM account_scores FINAL",
+        )
+    }
+    stored = query(settings, "SELECT account_id, from_stage, to_stage, toUnixTimestamp64Milli(at) AS at_ms, event_id, reason FROM stage_transitions FINAL")
+    published = asyncio.run(consume_all(settings.kafka_bootstrap, settings.topic(TOPIC_STAGE_TRANSITIONS), len(stored)))
+    keys = ("account_id", "from_stage", "to_stage", "at_ms", "event_id", "reason")
+    return scores, {tuple(r.values()) for r in stored}, {tuple(orjson.loads(m.value)[k] for k in keys) for m in published}
+
+
+def test_kill_9_mid_stream_gives_the_scores_stages_and_transitions_of_an_uninterrupted_run(kafka_bootstrap, tmp_path):
+    env = {"ABM_WATERMARK_LATENESS_HOURS": str(LATENESS_DAYS * 24)}
+    now_ms = int(time.time() * 1000)
+    start_ms = now_ms - (JOURNEY_DAYS + LATENESS_DAYS + 100) * 24 * HOUR_MS
+    outcomes = []
+    for crash in (False, True):
+        settings = isolated_settings(kafka_bootstrap, tmp_path / ("crashed" if crash else "uninterrupted"))
+        records = journeys(settings, start_ms, accounts=250, seed=4)
+        worker = start_worker(settings, "first", env)
+        try:
+            asyncio.run(produce(kafka_bootstrap, records))
+            if crash:
+                deadline = time.monotonic() + 60
+                while (worker.status() or {}).get("stats", {}).get("applied", 0) < 2_000:  # scoring in flight
+                    assert time.monotonic() < deadline, worker.log_tail()
+                    time.sleep(0.05)
+                worker.kill()
+                assert worker.lag() > 0, "the first worker finished everything; the test proves nothing"
+                worker = start_worker(settings, "second", env)
+            worker.wait_drained(timeout_s=120)
+            asyncio.run(produce(kafka_bootstrap, ticks(settings, now_ms)))
+            worker.wait_drained(timeout_s=60)
+        finally:
+            assert worker.stop() == 0, worker.log_tail()
+        outcomes.append(outcome(settings))
+
+    (scores, stored, published), (crashed_scores, crashed_stored, crashed_published) = outcomes
+    assert len(scores) == 250 + 8
+    assert {a: r["stage"] for a, r in scores.items()} == {a: r["stage"] for a, r in crashed_scores.items()}
+    for account, row in scores.items():
+        other = crashed_scores[account]
+        assert math.isclose(row.pop("engagement_score"), other.pop("engagement_score"), rel_tol=1e-9), account
+        assert row == other, account
+    assert stored == crashed_stored
+    assert published == stored and crashed_published == stored
+    moves = {(t[1], t[2]) for t in stored}
+    # the journeys exercise every kind of move, fall-backs at their own times included
+    assert {("target", "awareness"), ("awareness", "consideration"), ("consideration", "decision"),
+            ("decision", "customer"), ("decision", "awareness"), ("awareness", "target")} <= moves
+    assert any(t[4] == "" and t[1] == "decision" for t in stored)

@@ -10,12 +10,13 @@ from hypothesis import given, strategies as st
 
 from processors.accounts import fold_events
 from processors.dedup import MIN_PRUNE_SIZE, DedupPolicy, event_key, forget_old, seen_before
-from processors.scoring import AccountState, ScoringConfig
-from processors.stages import StageRules
+from processors.scoring import DAY_MS, AccountState
+from streams.rules import load_rules
 
 HOUR_MS = 3_600_000
 T0 = 1_763_964_000_000
 RAW_OFFSETS = itertools.count()  # every event its own raw message
+CONFIG, RULES = load_rules(None, 30 * DAY_MS, 2 * DAY_MS)
 
 
 def ev(event_id: str, at: int, source: str = "sendgrid", kind: str = "email_click") -> dict:
@@ -24,7 +25,7 @@ def ev(event_id: str, at: int, source: str = "sendgrid", kind: str = "email_clic
 
 def fold(events, state: AccountState, policy: DedupPolicy = DedupPolicy(), first_offset: int = 0):
     positioned = [((first_offset + i, 0), e) for i, e in enumerate(events)]
-    return fold_events(positioned, lambda _: state, ScoringConfig(), StageRules(), policy)
+    return fold_events(positioned, lambda _: state, CONFIG, RULES, policy)
 
 
 def test_key_depends_on_source_and_event_id_only():

@@ -1,26 +1,46 @@
+import dataclasses
 import itertools
 import math
+import re
+from pathlib import Path
 
+import orjson
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from processors.accounts import fold_events
 from processors.dedup import DedupPolicy
-from processors.identity import AccountDirectory
+from processors.identity import AccountDirectory, account_partition
 from processors.routing import route_batch
-from processors.scoring import DAY_MS, AccountState, ScoringConfig, apply_event, score_at
-from processors.stages import StageRules, stage_for
+from processors.rules import merged, parse_rules
+from processors.scoring import DAY_MS, RETENTION_DAYS, AccountState, apply_event, engaged_contacts, rolling_counts, score_at, seniority_of
+from processors.stages import STAGE_RANK, fall_back_until
+from processors.watermarks import FallbackSchedule
+from schemas.events import EVENT_TYPES
+from streams.rules import DEFAULT_RULES, load_rules
 
-CONFIG = ScoringConfig()
-RULES = StageRules()
+CONFIG, RULES = load_rules(None, 30 * DAY_MS, 2 * DAY_MS)
 DEDUP = DedupPolicy()
-T0 = 1_763_964_000_000
+T0 = 1_763_942_400_000  # 2025-11-24T00:00Z, the start of a UTC day
+HOUR_MS = 3_600_000
 RAW_OFFSETS = itertools.count()  # every event its own raw message
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def ev(kind, at, contact="c1", **extra):
-    base = {"event_id": f"{kind}-{at}-{contact}", "source": "test", "_origin": ("raw", 0, next(RAW_OFFSETS)), "type": kind, "occurred_at_ms": at, "account_id": "a1", "contact_id": contact}
+    base = {"event_id": f"{kind}-{at}-{contact}-{next(RAW_OFFSETS)}", "source": "test", "_origin": ("raw", 0, next(RAW_OFFSETS)), "type": kind, "occurred_at_ms": at, "account_id": "a1", "contact_id": contact}
     base.update(extra)
     return base
+
+
+def opportunity(at, opportunity_id="o1", closed=False, won=False):
+    properties = {"opportunity_id": opportunity_id, "stage": "x", "is_closed": closed, "is_won": won}
+    return ev("opportunity_stage_changed", at, contact=None, properties=properties)
+
+
+def fold(events, state, config=CONFIG, rules=RULES):
+    positioned = [((next(RAW_OFFSETS), 0), e) for e in events]
+    return fold_events(positioned, lambda _: state, config, rules, DEDUP)
 
 
 def test_score_decays_by_half_each_half_life():
@@ -35,53 +55,232 @@ def test_score_decays_by_half_each_half_life():
 def test_machine_opens_weigh_nothing_and_do_not_make_contacts_engaged():
     state = AccountState("a1")
     apply_event(state, ev("email_open", T0, properties={"machine_open": True}), CONFIG)
-    assert state.score == 0.0 and state.contacts == {} and state.counts == {"email_open": 1}
+    assert state.score == 0.0 and state.contacts == {} and state.counts == {"email_open": 1} and state.last_engaged_ms == 0
+
+
+def test_every_event_type_has_a_weight_and_the_readme_documents_them():
+    assert set(CONFIG.weights) == set(EVENT_TYPES)
+    documented = dict(re.findall(r"^\| `([a-z_]+)` \| ([0-9.]+) \|", README.read_text(), flags=re.MULTILINE))
+    assert {kind: float(w) for kind, w in documented.items() if kind in EVENT_TYPES} == CONFIG.weights
+
+
+def test_a_contact_counts_three_opens_a_day_and_a_late_earlier_one_takes_the_latest_place():
+    state = AccountState("a1")
+    for hour in (1, 2, 3, 4):
+        apply_event(state, ev("email_open", T0 + hour * HOUR_MS), CONFIG)
+    apply_event(state, ev("email_open", T0 + 5 * HOUR_MS, contact="c2"), CONFIG)  # another contact: its own cap
+    apply_event(state, ev("email_open", T0 + DAY_MS, contact="c1"), CONFIG)  # the next day: counts again
+    h = CONFIG.half_life_ms
+    at = T0 + DAY_MS
+    expected = sum(2 ** (-(at - t) / h) for t in (T0 + HOUR_MS, T0 + 2 * HOUR_MS, T0 + 3 * HOUR_MS, T0 + 5 * HOUR_MS, at))
+    assert math.isclose(state.score, expected, rel_tol=1e-12)
+    assert state.counts["email_open"] == 6  # every open is counted; only the score is capped
+    apply_event(state, ev("email_open", T0), CONFIG)  # late: in order it would have counted, the 03:00 one not
+    expected += 2 ** (-(at - T0) / h) - 2 ** (-(at - T0 - 3 * HOUR_MS) / h)
+    assert math.isclose(state.score, expected, rel_tol=1e-12)
+
+
+def test_seniority_of_titles_and_its_multiplier():
+    titles = {"Chief Revenue Officer": "c_level", "CTO": "c_level", "Vice President, Sales": "vp", "SVP Marketing": "vp",
+              "Head of Growth": "director", "Director of IT": "director", "Engineering Manager": "manager",
+              "Team Lead": "manager", "Software Engineer": "other"}
+    assert {title: seniority_of(title) for title in titles} == titles
+    state = AccountState("a1")
+    apply_event(state, ev("email_click", T0, _seniority="vp"), CONFIG)
+    assert math.isclose(state.score, 3.0 * 1.6)
+
+
+def test_routing_gives_events_the_seniority_of_their_contacts_title():
+    directory = AccountDirectory()
+    directory.learn_contact("c9", "ceo@acme.com", "a1", "CEO")
+    directory.learn_contact("c9", None, "a1")  # a learned contact without a title keeps it
+    raw = orjson.dumps({"event_id": "1", "type": "page_view", "occurred_at": T0, "source": "web", "url": "u", "contact_id": "c9"})
+    routed = route_batch([raw], [("raw", 0, 0)], T0, 8, directory)
+    [event] = [e for bucket in routed.by_partition.values() for e in bucket]
+    assert (event["account_id"], event["_seniority"]) == ("a1", "c_level")
+
+
+def test_rolling_counts_and_breadth_over_event_time_with_bounded_memory():
+    state = AccountState("a1")
+    for day in range(200):
+        apply_event(state, ev("page_view", T0 + day * DAY_MS, contact=f"c{day}"), CONFIG)
+    apply_event(state, ev("email_open", T0 + 195 * DAY_MS, contact="c1"), CONFIG)
+    at = T0 + 199 * DAY_MS
+    assert rolling_counts(state, at, 7) == {"page_view": 7, "email_open": 1}
+    assert rolling_counts(state, at, 30) == {"page_view": 30, "email_open": 1}
+    assert rolling_counts(state, at, 90) == {"page_view": 90, "email_open": 1}
+    assert engaged_contacts(state, at, 30 * DAY_MS) == 32  # days 169..199 inclusive, and c1 (day 195)
+    assert engaged_contacts(state, at, 90 * DAY_MS) == 92
+    assert len(state.daily) <= RETENTION_DAYS and len(state.contacts) <= RETENTION_DAYS + 2
+
+
+EVENT_KINDS = ["email_open", "email_click", "page_view", "webinar_signup", "form_submitted", "meeting_booked", "email_sent"]
 
 
 @settings(max_examples=200)
-@given(st.lists(st.tuples(st.sampled_from(["email_open", "email_click", "page_view", "webinar_signup"]),
-                          st.integers(0, 200 * DAY_MS)), min_size=1, max_size=40), st.randoms())
-def test_score_is_order_independent(events, rnd):
+@given(
+    st.lists(st.tuples(st.sampled_from(EVENT_KINDS), st.integers(0, 20 * DAY_MS), st.sampled_from(["c1", "c2", "c3"]),
+                       st.sampled_from([None, "vp", "other"])), min_size=1, max_size=60),
+    st.randoms(),
+)
+def test_score_is_order_independent_with_caps_and_seniority(events, rnd):
+    config = dataclasses.replace(CONFIG, cap_memory_ms=30 * DAY_MS)  # remembers every capped day here
+
     def total(seq):
         state = AccountState("a1")
-        for kind, at in seq:
-            apply_event(state, ev(kind, T0 + at), CONFIG)
-        return score_at(state, T0 + 200 * DAY_MS, CONFIG)
+        for kind, at, contact, seniority in seq:
+            apply_event(state, ev(kind, T0 + at, contact, _seniority=seniority), config)
+        return score_at(state, T0 + 20 * DAY_MS, config)
 
     shuffled = list(events)
     rnd.shuffle(shuffled)
-    assert math.isclose(total(events), total(shuffled), rel_tol=1e-9, abs_tol=1e-12)
+    assert math.isclose(total(events), total(shuffled), rel_tol=1e-9, abs_tol=1e-9)
 
 
-def test_journey_through_the_stages():
+@given(st.lists(st.tuples(st.sampled_from(EVENT_KINDS), st.integers(0, 20 * DAY_MS)), min_size=1, max_size=20),
+       st.integers(0, 400 * DAY_MS), st.integers(0, 400 * DAY_MS))
+def test_score_only_decays_without_new_events(events, later, much_later):
     state = AccountState("a1")
-    folded = fold_events(
+    for kind, at in events:
+        apply_event(state, ev(kind, T0 + at), CONFIG)
+    start = state.score_at_ms
+    a, b = sorted((later, much_later))
+    assert score_at(state, start + b, CONFIG) <= score_at(state, start + a, CONFIG) <= state.score
+
+
+JOURNEY_KINDS = ["email_click", "page_view", "webinar_signup", "meeting_booked", "email_open"]
+journey_events = st.lists(
+    st.one_of(
+        st.tuples(st.sampled_from(JOURNEY_KINDS), st.integers(0, 200 * DAY_MS), st.sampled_from(["c1", "c2", "c3"])),
+        st.tuples(st.just("opportunity"), st.integers(0, 200 * DAY_MS), st.sampled_from(["open", "lost", "won"])),
+    ),
+    max_size=40,
+)
+
+
+def journey_event(item):
+    kind, at, detail = item
+    if kind == "opportunity":
+        return opportunity(T0 + at, closed=detail != "open", won=detail == "won")
+    return ev(kind, T0 + at, detail, url="https://x/pricing" if at % 3 == 0 else "https://x/blog")
+
+
+@settings(max_examples=300)
+@given(journey_events)
+def test_stage_invariants_and_no_fall_back_within_the_dwell_time(items):
+    events = [journey_event(item) for item in items]
+    state = AccountState("a1")
+    transitions = fold(events, state).transitions + fall_back_until(state, T0 + 400 * DAY_MS, RULES, CONFIG)
+    entered = {"target": 0}
+    for t in transitions:
+        assert entered[t.from_stage] <= t.at_ms
+        if STAGE_RANK[t.to_stage] < STAGE_RANK[t.from_stage]:
+            assert t.at_ms - entered[t.from_stage] >= RULES.dwell_ms  # no flapping
+            assert t.from_stage != "customer"  # a customer stays one
+        entered[t.to_stage] = t.at_ms
+        before = [e for e in events if e["occurred_at_ms"] <= t.at_ms]
+        if t.to_stage == "customer":
+            assert any(e["type"] == "opportunity_stage_changed" and e["properties"]["is_won"] for e in before)
+        if t.to_stage == "decision":
+            assert any(
+                e["type"] == "opportunity_stage_changed"
+                or (e["type"] == "meeting_booked" or "/pricing" in e.get("url", "")) and t.at_ms - e["occurred_at_ms"] <= RULES.decision_intent_window_ms
+                for e in before
+            )
+    assert [t.from_stage for t in transitions[1:]] == [t.to_stage for t in transitions[:-1]]
+
+
+@settings(max_examples=100)
+@given(journey_events, st.randoms())
+def test_fall_backs_are_the_same_whenever_the_watermark_applies_them(items, rnd):
+    """Applying fall-backs at every event or only at the end changes nothing."""
+    events = sorted((journey_event(item) for item in items), key=lambda e: e["occurred_at_ms"])
+    end = T0 + 400 * DAY_MS
+    eager, lazy = AccountState("a1"), AccountState("a1")
+    eager_transitions = []
+    for event in events:
+        eager_transitions += fall_back_until(eager, event["occurred_at_ms"] - rnd.randint(0, DAY_MS), RULES, CONFIG)
+        eager_transitions += fold([event], eager).transitions
+    eager_transitions += fall_back_until(eager, end, RULES, CONFIG)
+    lazy_transitions = fold(events, lazy).transitions + fall_back_until(lazy, end, RULES, CONFIG)
+    assert eager_transitions == lazy_transitions
+
+
+def test_journey_with_hand_computed_scores_and_stages():
+    """Two contacts engage, one books a demo, interest fades, then the deal is won."""
+    state = AccountState("a1")
+    d = DAY_MS
+    first = fold(
         [
-            ((0, 0), ev("email_open", T0, "c1")),
-            ((0, 1), ev("email_click", T0 + 1000, "c1")),
-            ((1, 0), ev("page_view", T0 + 2000, "c2", url="https://x/blog")),
-            ((1, 1), ev("email_click", T0 + 3000, "c2")),
-            ((1, 2), ev("email_click", T0 + 4000, "c1")),
-            ((1, 3), ev("email_click", T0 + 5000, "c2")),
-            ((1, 4), ev("email_open", T0 + 5500, "c1")),
-            ((2, 0), ev("webinar_signup", T0 + 6000, "c2")),
+            ev("email_click", T0, "c1"),  # 3
+            ev("page_view", T0 + d, "c2", url="https://x/blog"),  # 2
+            ev("webinar_signup", T0 + 2 * d, "c2"),  # 8
+            ev("content_downloaded", T0 + 3 * d, "c1"),  # 6
         ],
-        lambda _: state,
-        CONFIG,
-        RULES,
-        DEDUP,
+        state,
     )
-    transitions = folded.transitions
-    assert len(folded.applied) == 8
-    assert [(t.from_stage, t.to_stage) for t in transitions] == [
-        ("target", "awareness"),
-        ("awareness", "consideration"),
-        ("consideration", "decision"),
+    h = 30.0
+    score_day3 = 3 * 2 ** (-3 / h) + 2 * 2 ** (-2 / h) + 8 * 2 ** (-1 / h) + 6
+    assert math.isclose(state.score, score_day3, rel_tol=1e-12)  # 18.70...: considered
+    assert [(t.from_stage, t.to_stage, t.at_ms) for t in first.transitions] == [
+        ("target", "awareness", T0),
+        ("awareness", "consideration", T0 + 3 * d),
     ]
-    # 1+3+2+3+3+3 = 15 at +5000 is a hair under the threshold after seconds of decay;
-    # the open at +5500 crosses it with two engaged contacts
-    assert transitions[1].at_ms == T0 + 5500 and math.isclose(transitions[1].score, 16.0, rel_tol=1e-6)
-    assert stage_for(state, T0 + 91 * DAY_MS, RULES, CONFIG) == "target"
+    second = fold([ev("meeting_booked", T0 + 4 * d, "c1", properties={"meeting_type": "demo"})], state)
+    [decision] = second.transitions
+    assert (decision.to_stage, decision.reason) == ("decision", "high-intent signal within 30 days")
+    assert math.isclose(decision.score, score_day3 * 2 ** (-1 / h) + 25, rel_tol=1e-12)
+    # Without events: the intent lapses after 30 days; the score (~42.6 at day 4) stays
+    # over 15 until day 4 + 30 * log2(42.6 / 15) ~ day 49; the contacts after day 91
+    # (c1's last engagement, day 4 + 90); awareness after day 94.
+    lapses = fall_back_until(state, T0 + 200 * d, RULES, CONFIG)
+    assert [(t.from_stage, t.to_stage) for t in lapses] == [("decision", "consideration"), ("consideration", "awareness"), ("awareness", "target")]
+    assert lapses[0].at_ms == T0 + 34 * d + 1 and lapses[2].at_ms == T0 + 94 * d + 1
+    score_day4 = score_day3 * 2 ** (-1 / h) + 25
+    assert lapses[1].at_ms == math.floor(T0 + 4 * d + h * d * math.log2(score_day4 / 15)) + 1
+    assert lapses[2].reason == "awareness lapsed; no engagement within 90 days"
+    won = fold([opportunity(T0 + 201 * d, closed=True, won=True)], state)
+    assert [(t.from_stage, t.to_stage, t.reason) for t in won.transitions] == [("target", "customer", "closed-won opportunity")]
+    assert state.fallback_at_ms == 0
+
+
+def test_an_open_opportunity_decides_until_it_closes_lost():
+    state = AccountState("a1")
+    opened = fold([ev("page_view", T0, "c1"), opportunity(T0 + DAY_MS)], state)
+    assert [t.to_stage for t in opened.transitions] == ["awareness", "decision"]
+    assert state.fallback_at_ms == 0  # an open opportunity does not age out
+    lost = fold([opportunity(T0 + 10 * DAY_MS, closed=True)], state)
+    assert [(t.from_stage, t.to_stage) for t in lost.transitions] == [("decision", "awareness")]
+
+
+def test_no_fall_back_within_the_dwell_time():
+    rules = dataclasses.replace(RULES, awareness_window_ms=DAY_MS, dwell_ms=7 * DAY_MS)
+    state = AccountState("a1")
+    fold([ev("page_view", T0)], state, rules=rules)
+    assert state.fallback_at_ms == T0 + 7 * DAY_MS  # lapsed after a day, held for the dwell time
+    assert fall_back_until(state, T0 + 7 * DAY_MS - 1, rules, CONFIG) == []
+    again = fold([ev("page_view", T0 + 6 * DAY_MS)], state, rules=rules)  # engaged again within the dwell
+    assert again.transitions == []
+    assert fall_back_until(state, T0 + 7 * DAY_MS, rules, CONFIG) == [] and state.fallback_at_ms == T0 + 7 * DAY_MS + 1
+    [fell] = fall_back_until(state, T0 + 30 * DAY_MS, rules, CONFIG)
+    assert (fell.to_stage, fell.at_ms, fell.event_id) == ("target", T0 + 7 * DAY_MS + 1, "")
+
+
+def test_the_watermark_applies_fall_backs_to_accounts_without_new_events():
+    states = {name: AccountState(name) for name in ("quiet", "busy")}
+    schedule = FallbackSchedule(partitions=1, lateness_ms=HOUR_MS)
+    fold([dict(ev("page_view", T0), account_id="quiet")], states["quiet"])
+    schedule.note(states["quiet"])
+    assert len(schedule) == 1 and schedule.watermark(0) == T0 - HOUR_MS
+    for day in (10, 90):
+        fold([dict(ev("page_view", T0 + day * DAY_MS), account_id="busy")], states["busy"])
+        schedule.note(states["busy"])
+        assert schedule.fall_back_due(states.__getitem__, RULES, CONFIG) == []
+    fold([dict(ev("page_view", T0 + 91 * DAY_MS), account_id="busy")], states["busy"])
+    schedule.note(states["busy"])
+    [fell] = schedule.fall_back_due(states.__getitem__, RULES, CONFIG)  # watermark: day 91 - 1 h
+    assert (fell.account_id, fell.to_stage, fell.at_ms) == ("quiet", "target", T0 + 90 * DAY_MS + 1)
+    assert len(schedule) == 1  # only busy is still scheduled
 
 
 def test_redelivered_events_change_nothing():
@@ -95,6 +294,29 @@ def test_redelivered_events_change_nothing():
     assert AccountState.from_bytes(before) == state
 
 
+def test_states_written_before_stages_had_rules_still_load():
+    old = b'{"account_id":"a1","score":3.0,"score_at_ms":5,"events_total":1,"counts":{"email_click":1},"contacts":{"c1":5},"first_event_ms":5,"last_event_ms":5,"last_high_intent_ms":0,"stage":"awareness","stage_since_ms":5,"applied_upto":[1,0],"origin_upto":{},"recent_ids":{"7":5},"prune_ids_at":1024}'
+    state = AccountState.from_bytes(old)
+    assert (state.last_engaged_ms, state.as_of_ms, state.recent_ids, state.daily) == (5, 5, {7: 5}, {})
+    assert AccountState.from_bytes(state.to_bytes()) == state
+
+
+def test_override_file_replaces_only_the_keys_it_sets(tmp_path):
+    overrides = tmp_path / "rules.toml"
+    overrides.write_text("[weights]\nemail_open = 0.5\n[stages.consideration]\nmin_contacts = 3\n")
+    config, rules = load_rules(overrides, 30 * DAY_MS, 2 * DAY_MS)
+    assert config.weights == {**CONFIG.weights, "email_open": 0.5}
+    assert rules == dataclasses.replace(RULES, consideration_min_contacts=3)
+
+
+def test_rules_naming_an_unknown_event_type_are_refused():
+    import tomllib
+
+    document = merged(tomllib.loads(DEFAULT_RULES.read_text()), {"weights": {"email_opened": 1.0}})
+    with pytest.raises(ValueError, match="email_opened"):
+        parse_rules(document, 30 * DAY_MS, 2 * DAY_MS)
+
+
 def test_route_batch_groups_by_account_partition_and_sets_aside_the_rest():
     good = b'{"event_id":"1","type":"page_view","occurred_at":1763960000000,"source":"web","url":"u","account_id":"a1"}'
     no_account = b'{"event_id":"2","type":"page_view","occurred_at":1763960000000,"source":"web","url":"u"}'
@@ -105,3 +327,53 @@ def test_route_batch_groups_by_account_partition_and_sets_aside_the_rest():
     assert [(i, waiting_on) for i, _, waiting_on in routed.unresolved] == [(2, None)]
     assert routed.valid_by_type == {"page_view": 3}
     assert [e["_origin"] for bucket in routed.by_partition.values() for e in bucket] == [("raw", 0, 0), ("raw", 0, 4)]
+
+
+@settings(max_examples=100)
+@given(journey_events)
+def test_skipping_evaluation_for_events_that_cannot_move_up_changes_nothing(items):
+    """fold_events evaluates stages only after events that may move an account up
+    (stages.may_move_up); evaluating after every event gives the same transitions and states."""
+    import processors.accounts
+
+    events = [journey_event(item) for item in items]
+    lean, full = AccountState("a1"), AccountState("a1")
+    positioned = [((i, 0), e) for i, e in enumerate(events)]
+    lean_transitions = fold_events(positioned, lambda _: lean, CONFIG, RULES, DEDUP).transitions
+    original = processors.accounts.may_move_up
+    processors.accounts.may_move_up = lambda *_: True
+    try:
+        full_transitions = fold_events(positioned, lambda _: full, CONFIG, RULES, DEDUP).transitions
+    finally:
+        processors.accounts.may_move_up = original
+    end = T0 + 400 * DAY_MS
+    assert lean_transitions + fall_back_until(lean, end, RULES, CONFIG) == full_transitions + fall_back_until(full, end, RULES, CONFIG)
+    assert (lean.stage, lean.stage_since_ms) == (full.stage, full.stage_since_ms)
+
+
+@settings(max_examples=100)
+@given(st.lists(st.tuples(st.integers(0, 5), journey_events.map(lambda items: items[:5])), min_size=1, max_size=12),
+       st.integers(0, 3))
+def test_the_schedule_applies_exactly_the_fall_backs_a_scan_of_every_account_would(batches, partitions_exp):
+    """Batches of events for a few accounts, with the watermark advancing after each:
+    the schedule's fall-backs equal those of visiting every account every time."""
+    partitions = 2**partitions_exp
+    indexed, scanned = {}, {}
+    schedule = FallbackSchedule(partitions, lateness_ms=DAY_MS)
+    latest: dict[int, int] = {}
+    for account_number, items in batches:
+        account = f"a{account_number}"
+        events = [dict(journey_event(item), account_id=account) for item in items]
+        for states in (indexed, scanned):
+            fold(events, states.setdefault(account, AccountState(account)))
+        schedule.note(indexed[account])
+        got = schedule.fall_back_due(indexed.__getitem__, RULES, CONFIG)
+        partition = account_partition(account, partitions)
+        latest[partition] = max(latest.get(partition, 0), scanned[account].last_event_ms)
+        expected = [
+            t
+            for name, state in sorted(scanned.items())
+            for t in fall_back_until(state, latest[account_partition(name, partitions)] - DAY_MS, RULES, CONFIG)
+        ]
+        assert sorted(got, key=lambda t: (t.account_id, t.at_ms)) == sorted(expected, key=lambda t: (t.account_id, t.at_ms))
+    assert {a: s.stage for a, s in indexed.items()} == {a: s.stage for a, s in scanned.items()}

@@ -326,3 +326,18 @@ def test_data_location_hides_credentials(tmp_path):
     assert "s3cret" not in data_location(with_url) and "alice" not in data_location(with_url)
     embedded = Settings(data_dir=tmp_path, clickhouse_url=None)
     assert data_location(embedded) == str((tmp_path / "clickhouse").resolve())
+
+
+def test_scoring_stages_migration_adds_its_columns_and_runs_again_harmlessly(client, migrated):
+    migration = next(m for m in load_migrations() if m.name == "scoring_stages")
+    for statement in migration.statements():  # applied already: every statement is idempotent
+        client.command(statement)
+    columns = {
+        (table, name): kind
+        for table, name, kind in client.query(
+            "SELECT table, name, type FROM system.columns WHERE database = 'default' AND table IN ('account_scores', 'stage_transitions')"
+        ).result_rows
+    }
+    assert columns[("stage_transitions", "reason")] == "String"
+    assert columns[("account_scores", "events_30d")] == "Map(String, UInt32)"
+    assert columns[("account_scores", "engaged_contacts_30d")] == "UInt32"

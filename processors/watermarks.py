@@ -1,0 +1,80 @@
+"""Event time per partition, and the accounts whose stage falls back as it passes.
+
+A partition's watermark is the latest event time its accounts have seen minus the
+allowed lateness: events older than it are not expected any more. An account's
+fall-back is applied at its own time (``AccountState.fallback_at_ms``) once the
+watermark of its partition passes that time, also when the account has no new events.
+The schedule indexes accounts by that time, so advancing looks only at those due.
+
+Nothing here is persisted: after a restart or a rebalance the schedule is rebuilt from
+the partition's stored states (``note`` each), which also gives back the watermark.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+
+from processors.identity import account_partition
+from processors.scoring import AccountState, ScoringConfig
+from processors.stages import StageRules, StageTransition, fall_back_until
+
+
+class FallbackSchedule:
+    def __init__(self, partitions: int, lateness_ms: int) -> None:
+        self._partitions = partitions
+        self._lateness_ms = lateness_ms
+        self._latest: dict[int, int] = {}  # partition -> latest event time of its accounts
+        self._queues: dict[int, list[tuple[int, str]]] = {}  # partition -> heap of (fall-back time, account)
+        self._scheduled: dict[str, int] = {}  # account -> its fall-back time in the heap (others are stale)
+
+    def __len__(self) -> int:
+        return len(self._scheduled)
+
+    def clear(self) -> None:
+        self._latest.clear()
+        self._queues.clear()
+        self._scheduled.clear()
+
+    def watermark(self, partition: int) -> int | None:
+        latest = self._latest.get(partition)
+        return None if latest is None else latest - self._lateness_ms
+
+    def note(self, state: AccountState) -> None:
+        """Takes in the account's latest event time and its next fall-back."""
+        partition = account_partition(state.account_id, self._partitions)
+        if state.last_event_ms > self._latest.get(partition, -1):
+            self._latest[partition] = state.last_event_ms
+        at = state.fallback_at_ms
+        if self._scheduled.get(state.account_id, 0) == at:
+            return
+        if at == 0:
+            del self._scheduled[state.account_id]
+            return
+        self._scheduled[state.account_id] = at
+        queue = self._queues.setdefault(partition, [])
+        heapq.heappush(queue, (at, state.account_id))
+        if len(queue) > 64 and len(queue) > 2 * len(self._scheduled):  # mostly stale: rebuild
+            self._queues[partition] = queue = [
+                (when, account) for when, account in queue if self._scheduled.get(account) == when
+            ]
+            heapq.heapify(queue)
+
+    def fall_back_due(
+        self, state_for: Callable[[str], AccountState], rules: StageRules, config: ScoringConfig
+    ) -> list[StageTransition]:
+        """Applies the fall-backs the watermarks have passed, in each partition's time order."""
+        transitions = []
+        for partition in self._queues:
+            mark = self.watermark(partition)
+            assert mark is not None  # an account was noted in it
+            # note() may replace the partition's heap by a compacted one
+            while (queue := self._queues[partition]) and queue[0][0] <= mark:
+                at, account_id = heapq.heappop(queue)
+                if self._scheduled.get(account_id) != at:
+                    continue  # re-evaluated since: a later entry stands for it
+                del self._scheduled[account_id]
+                state = state_for(account_id)
+                transitions.extend(fall_back_until(state, mark, rules, config))
+                self.note(state)
+        return transitions

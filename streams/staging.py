@@ -1,0 +1,100 @@
+"""Event time for the score agent: after each batch, the accounts it touched are
+(re)scheduled and the fall-backs the partitions' watermarks passed are applied, also to
+accounts without new events (processors.watermarks). Transitions go to ClickHouse and
+to the stage-transitions topic through the app's producer, flushed by the checkpoint
+(step 3) before the offsets that caused them are committed.
+
+The schedule lives in memory and is rebuilt from the table's stored states of the
+partitions this worker owns whenever an assignment changes (and at start); fall-backs
+already due then are applied without waiting for new events.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from processors.identity import account_partition
+from processors.scoring import AccountState, ScoringConfig
+from processors.stages import StageRules, StageTransition
+from processors.watermarks import FallbackSchedule
+from schemas.events import TOPIC_BY_ACCOUNT, TOPIC_STAGE_TRANSITIONS
+from streams.checkpoint import Checkpoint
+from streams.metrics import PipelineStats
+from streams.rows import transition_message, transition_rows
+from streams.settings import Settings
+from streams.sink import ClickHouseSink
+from streams.state import AccountStates
+
+
+class StageClock:
+    def __init__(
+        self,
+        app: Any,
+        settings: Settings,
+        table: Any,
+        states: AccountStates,
+        checkpoint: Checkpoint,
+        sink: ClickHouseSink,
+        stats: PipelineStats,
+        config: ScoringConfig,
+        rules: StageRules,
+    ) -> None:
+        self._app = app
+        self._table = table
+        self._states = states
+        self._checkpoint = checkpoint
+        self._sink = sink
+        self._stats = stats
+        self._config = config
+        self._rules = rules
+        self._partitions = settings.topic_partitions
+        self._source_topic = settings.topic(TOPIC_BY_ACCOUNT)
+        self._transitions_topic = settings.topic(TOPIC_STAGE_TRANSITIONS)
+        self.schedule = FallbackSchedule(settings.topic_partitions, int(settings.watermark_lateness_hours * 3_600_000))
+        self._stale = True
+
+        @app.on_partitions_assigned.connect
+        async def schedule_is_stale(_app: Any, _assigned: Any, **_: Any) -> None:
+            self._stale = True
+
+        @app.timer(settings.checkpoint_interval_s)
+        async def apply_due_fall_backs() -> None:
+            """After a start or a rebalance: what became due before it is not left
+            waiting for new events."""
+            if not self._stale or app.rebalancing or not app.tables.actives_ready:
+                return
+            async with checkpoint.lock:
+                if self._stale and not checkpoint.closed:
+                    await self.emit(self.advance([]))
+
+    def advance(self, applied: Iterable[dict[str, Any]]) -> list[StageTransition]:
+        """Fall-backs due once the batch's events moved the watermarks; the caller holds
+        the checkpoint lock."""
+        if self._stale:
+            self._rebuild()
+        for account_id in {event["account_id"] for event in applied}:
+            self.schedule.note(self._states.state_for(account_id))
+        return self.schedule.fall_back_due(self._states.state_for, self._rules, self._config)
+
+    async def emit(self, transitions: list[StageTransition]) -> None:
+        """To ClickHouse (buffered) and Kafka; the caller holds the checkpoint lock."""
+        self._sink.add("stage_transitions", transition_rows(transitions))
+        producer = self._app.producer
+        for transition in transitions:
+            key, value = transition_message(transition)
+            await producer.send(self._transitions_topic, key, value, None, None, None)
+        self._stats.transitions += len(transitions)
+        moves = Counter(f"{t.from_stage}->{t.to_stage}" for t in transitions)
+        self._stats.add_counts(self._stats.transitions_by_stages, moves)
+
+    def _rebuild(self) -> None:
+        # The tables have recovered; in-memory states were dropped on revocation (or
+        # have just been changed and are noted again by the caller).
+        owned = {tp.partition for tp in self._app.assignor.assigned_actives() if tp.topic == self._source_topic}
+        self.schedule.clear()
+        for key, raw in self._table.data.items():
+            if account_partition(key.decode(), self._partitions) in owned:
+                self.schedule.note(AccountState.from_bytes(raw))
+        self._stale = False
