@@ -29,6 +29,12 @@ ACCOUNT_COLUMNS = (
 TRANSITION_COLUMNS = ("account_id", "from_stage", "to_stage", "at", "score", "event_id")
 
 
+def insert_settings(token: str) -> dict[str, Any]:
+    """A retried insert (same token) is dropped by its table and by every materialized
+    view it feeds (the views' own default differs between ClickHouse versions)."""
+    return {"insert_deduplication_token": token, "deduplicate_blocks_in_dependent_materialized_views": 1}
+
+
 @dataclass(slots=True)
 class TableBuffer:
     columns: Sequence[str]
@@ -92,7 +98,7 @@ class ClickHouseSink:
                     table,
                     buffer.rows,
                     column_names=list(buffer.columns),
-                    settings={"insert_deduplication_token": token},
+                    settings=insert_settings(token),
                 )
             except Exception as exc:  # any failure of the store: retry, never drop
                 self.failing = True
