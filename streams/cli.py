@@ -31,13 +31,16 @@ def worker(loglevel: str) -> None:
 @main.command()
 def migrate() -> None:
     """Apply the ClickHouse migrations that are not applied yet."""
-    from streams.store import apply_migrations, data_location, open_client
+    from streams.store import apply_migrations, apply_retention, data_location, open_client
 
     settings = Settings()
-    applied = apply_migrations(open_client(settings))
+    client = open_client(settings)
+    applied = apply_migrations(client)
     for migration in applied:
         click.echo(f"applied {migration.version:03d}_{migration.name}")
     click.echo(f"{len(applied)} migration(s) applied to {data_location(settings)}")
+    if apply_retention(client, settings.events_ttl_days):
+        click.echo(f"events retention set to {settings.events_ttl_days or 'forever'} day(s)")
 
 
 @main.command()

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("CLICKHOUSE_URL", "ABM_CLICKHOUSE_URL"),
         description="http(s)://user:pass@host:port/db of a ClickHouse server; unset = embedded chDB",
     )
+    events_ttl_days: int = Field(0, ge=0, description="days of event time raw events are kept in ClickHouse (0 = forever); aggregates stay")
     state_store: str = Field("rocksdb://", description="Faust table store: rocksdb:// or memory://")
 
     # Worker

@@ -27,6 +27,7 @@ ACCOUNT_COLUMNS = (
     "last_event_at", "updated_at", "version",
 )
 TRANSITION_COLUMNS = ("account_id", "from_stage", "to_stage", "at", "score", "event_id")
+DEAD_LETTER_COLUMNS = ("topic", "partition", "offset", "at", "reason", "message", "key", "payload")
 
 
 def insert_settings(token: str) -> dict[str, Any]:

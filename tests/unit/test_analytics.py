@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
@@ -342,3 +344,14 @@ def test_audience_growth_weekly(store):
     ]
     got = [tuple(r.values()) for r in rows(store, "SELECT * FROM audience_growth_weekly ORDER BY account_id, week")]
     assert got == expected
+
+
+def test_every_readme_query_runs(store):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Querying") : readme.index("## Configuration")]
+    [block] = re.findall(r"```sql\n(.*?)```", section, flags=re.DOTALL)
+    statements = [s.strip() for s in re.sub(r"--[^\n]*", "", block).split(";") if s.strip()]
+    assert len(statements) == 16
+    for statement in statements:
+        store.query(statement)  # raises on an unknown view, column or function
+    assert rows(store, "SELECT stage, reached FROM stage_conversion WHERE stage = 'decision'") == [{"stage": "decision", "reached": 2}]

@@ -326,3 +326,27 @@ def test_data_location_hides_credentials(tmp_path):
     assert "s3cret" not in data_location(with_url) and "alice" not in data_location(with_url)
     embedded = Settings(data_dir=tmp_path, clickhouse_url=None)
     assert data_location(embedded) == str((tmp_path / "clickhouse").resolve())
+
+
+# ------------------------------------------------------------------------ retention
+
+
+def test_retention_is_altered_only_when_it_changes(client, migrated):
+    def ttl() -> str:
+        [(engine,)] = client.query("SELECT engine_full FROM system.tables WHERE database = 'default' AND name = 'events'").result_rows
+        return engine
+
+    def mutations() -> int:
+        return client.query("SELECT count() FROM system.mutations WHERE database = 'default' AND table = 'events'").result_rows[0][0]
+
+    assert " TTL " not in ttl()
+    assert store.apply_retention(client, 0) is False
+    assert store.apply_retention(client, 30) is True
+    assert "TTL toDateTime(occurred_at) + toIntervalDay(30)" in ttl()
+    before = mutations()
+    assert store.apply_retention(client, 30) is False  # every start: no new ALTER
+    assert mutations() == before
+    assert store.apply_retention(client, 7) is True
+    assert "toIntervalDay(7)" in ttl()
+    assert store.apply_retention(client, 0) is True
+    assert " TTL " not in ttl()
