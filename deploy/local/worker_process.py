@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,23 @@ class WorkerProcess:
                 return orjson.loads(response.read())
         except OSError:
             return None
+
+    def readiness(self) -> tuple[int, dict]:
+        """The worker's /readyz: HTTP status and document."""
+        url = f"http://127.0.0.1:{self.settings.web_port}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status, orjson.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, orjson.loads(error.read())
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the worker process."""
+        assert self._process is not None
+        for line in Path(f"/proc/{self._process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
 
     def lag(self) -> int:
         from streams.topics import consumed_topics

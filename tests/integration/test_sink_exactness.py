@@ -1,0 +1,160 @@
+"""The ClickHouse sink neither loses nor doubles: a worker killed with SIGKILL at many
+points of a run, and a store that stops accepting writes for a while. Real broker, real
+worker processes, real embedded ClickHouse; every total is checked against what was
+produced, in the tables and in every materialized view fed from them."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import shutil
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from streams.lag import group_lag
+from streams.settings import Settings
+from streams.simulator import produce_events
+from streams.topics import consumed_topics
+from tests.integration.support import isolated_settings, query, start_worker
+
+pytestmark = pytest.mark.integration
+
+CAMPAIGN_TYPES = ("email_sent", "email_delivered", "email_bounced", "email_open", "email_click", "ad_impression", "ad_click")
+
+
+def assert_store_exact(settings: Settings, counts: dict[str, int]) -> None:
+    """Every event once in `events`, and every table fed from it consistent with it."""
+    total = sum(counts.values())
+    [stored] = query(settings, "SELECT count() AS n, uniqExact(event_id) AS u FROM events")
+    assert (stored["n"], stored["u"]) == (total, total)
+    by_type = {r["type"]: r["n"] for r in query(settings, "SELECT type, count() AS n FROM events GROUP BY type")}
+    assert by_type == {kind: n for kind, n in counts.items() if n}
+    [scored] = query(settings, "SELECT sum(events_total) AS n, sum(email_opens) AS opens FROM account_scores FINAL")
+    assert (scored["n"], scored["opens"]) == (total, counts["email_open"])
+    # materialized views: exactly one row (or count) per stored event
+    [facts] = query(settings, "SELECT count() AS n FROM campaign_facts")
+    assert facts["n"] == sum(counts.get(kind, 0) for kind in CAMPAIGN_TYPES)
+    [opportunities] = query(settings, "SELECT count() AS n FROM opportunity_updates")
+    assert opportunities["n"] == counts.get("opportunity_stage_changed", 0)
+    [nps] = query(settings, "SELECT count() AS n FROM nps_responses")
+    assert nps["n"] == counts.get("nps_response", 0)
+    engagement = query(settings, "SELECT type, sum(events) AS n FROM account_daily_engagement GROUP BY type")
+    human = query(settings, "SELECT type, countIf(NOT JSONExtractBool(properties, 'machine_open')) AS n FROM events GROUP BY type")
+    expected = {r["type"]: r["n"] for r in human}
+    assert engagement and {r["type"]: r["n"] for r in engagement} == {r["type"]: expected[r["type"]] for r in engagement}
+    # the score history's newest version of every account is its current row
+    history = query(settings, "SELECT account_id, max(version) AS v FROM account_score_history GROUP BY account_id")
+    current = query(settings, "SELECT account_id, version AS v FROM account_scores FINAL")
+    assert {r["account_id"]: r["v"] for r in history} == {r["account_id"]: r["v"] for r in current}
+
+
+def committed_offsets(settings: Settings) -> dict[tuple[str, int], int]:
+    lags = asyncio.run(group_lag(settings.kafka_bootstrap, settings.app_id, consumed_topics(settings)))
+    return {(item.topic, item.partition): item.committed for item in lags}
+
+
+def test_kill_9_at_many_points_keeps_every_total_exact(kafka_bootstrap, tmp_path):
+    settings = isolated_settings(kafka_bootstrap, tmp_path / "abm")
+    total = 40_000
+    # raw messages each worker takes in before its SIGKILL (0: as soon as it answers,
+    # i.e. while it joins the group and recovers its tables)
+    kill_after = (0, 2_500, 800, 6_000, 1_500)
+    lags_at_kill = []
+    worker = start_worker(settings, "run-0")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        produced = pool.submit(
+            asyncio.run,
+            produce_events(settings, accounts=200, contacts_per_account=4, rate=2_500, duration_s=None, count=total, seed=41),
+        )
+        for n, threshold in enumerate(kill_after):
+            if n:
+                worker = start_worker(settings, f"run-{n}")
+            try:
+                deadline = time.monotonic() + 90
+                while (worker.status() or {}).get("stats", {}).get("raw_in", 0) < threshold:
+                    assert time.monotonic() < deadline, worker.log_tail()
+                    time.sleep(0.02)
+            finally:
+                worker.kill()
+            lags_at_kill.append(worker.lag())
+        counts = produced.result(timeout=120)
+    assert all(lag > 0 for lag in lags_at_kill), f"a worker had finished everything before its kill: {lags_at_kill}"
+
+    final = start_worker(settings, "final")
+    try:
+        final.wait_drained(timeout_s=180)
+    finally:
+        assert final.stop() == 0, final.log_tail()
+    assert_store_exact(settings, counts)
+
+
+def _chattr(flag: str, path: Path) -> None:
+    subprocess.run(["chattr", "-R", flag, str(path)], check=True, capture_output=True)
+
+
+def _can_make_immutable(tmp_path: Path) -> bool:
+    probe = tmp_path / "immutable-probe"
+    probe.mkdir()
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode:
+        return False
+    try:
+        (probe / "x").touch()
+    except OSError:
+        return True
+    finally:
+        subprocess.run(["chattr", "-i", str(probe)], capture_output=True)
+    return False
+
+
+def test_store_refusing_writes_pauses_the_worker_which_recovers_without_loss(kafka_bootstrap, tmp_path):
+    """The `events` table's directory is made immutable (chattr +i: every insert into it
+    fails in the engine, as on a read-only or failed disk) while 60k events arrive. The
+    worker retries with backoff, reports not ready, commits nothing and stays within its
+    memory bound; once the directory is writable again it catches up by itself."""
+    if not _can_make_immutable(tmp_path):
+        pytest.skip("making a directory immutable needs chattr and CAP_LINUX_IMMUTABLE (root) on a filesystem that supports it")
+    settings = isolated_settings(kafka_bootstrap, tmp_path / "abm")
+    # migrates the store; the events table's directory is then known (UUID paths are fixed)
+    [row] = query(settings, "SELECT data_paths[1] AS path FROM system.tables WHERE database = currentDatabase() AND name = 'events'")
+    events_dir = Path(row["path"])
+    assert events_dir.is_dir()
+    worker = start_worker(settings)
+    try:
+        counts = Counter(asyncio.run(produce_events(settings, accounts=100, contacts_per_account=3, rate=None, duration_s=None, count=5_000, seed=51)))
+        worker.wait_drained(timeout_s=120)
+        assert worker.readiness()[0] == 200
+        baseline_rss = worker.rss_bytes()
+
+        _chattr("+i", events_dir)
+        try:
+            counts.update(asyncio.run(produce_events(settings, accounts=100, contacts_per_account=3, rate=None, duration_s=None, count=60_000, seed=52)))
+            deadline = time.monotonic() + 60
+            while worker.readiness()[0] != 503:
+                assert time.monotonic() < deadline, worker.log_tail()
+                time.sleep(0.2)
+            status, body = worker.readiness()
+            assert (status, body["waiting_for"]) == (503, ["ClickHouse sink failing"])
+            committed = committed_offsets(settings)
+            peak_rss = 0
+            for _ in range(20):  # 10 s of outage
+                peak_rss = max(peak_rss, worker.rss_bytes())
+                time.sleep(0.5)
+            sink = worker.status()["sink"]
+            assert sink["failing"] and sink["failures"] >= 3
+            assert committed_offsets(settings) == committed, "offsets were committed while ClickHouse refused the rows"
+            assert worker.lag() > 0
+            growth = peak_rss - baseline_rss
+            print(f"RSS before the outage {baseline_rss >> 20} MiB, peak during it {peak_rss >> 20} MiB")
+            assert growth < 256 << 20, f"memory grew by {growth >> 20} MiB during the outage"
+        finally:
+            _chattr("-i", events_dir)
+        worker.wait_drained(timeout_s=180)
+        assert worker.readiness() == (200, {"ready": True, "waiting_for": []})
+        assert worker.status()["sink"]["failing"] is False
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+    assert_store_exact(settings, dict(counts))
