@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from aiokafka.errors import KafkaError
 
 from streams.lag import group_lag
 from streams.settings import Settings
@@ -57,6 +58,18 @@ def committed_offsets(settings: Settings) -> dict[tuple[str, int], int]:
     return {(item.topic, item.partition): item.committed for item in lags}
 
 
+def lag_of(worker) -> int:
+    """The group's lag, once the broker can tell (a brand-new group's coordinator may still load)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return worker.lag()
+        except KafkaError as exc:
+            if not exc.retriable or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def test_kill_9_at_many_points_keeps_every_total_exact(kafka_bootstrap, tmp_path):
     settings = isolated_settings(kafka_bootstrap, tmp_path / "abm")
     total = 40_000
@@ -80,7 +93,7 @@ def test_kill_9_at_many_points_keeps_every_total_exact(kafka_bootstrap, tmp_path
                     time.sleep(0.02)
             finally:
                 worker.kill()
-            lags_at_kill.append(worker.lag())
+            lags_at_kill.append(lag_of(worker))
         counts = produced.result(timeout=120)
     assert all(lag > 0 for lag in lags_at_kill), f"a worker had finished everything before its kill: {lags_at_kill}"
 
