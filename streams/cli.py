@@ -49,13 +49,17 @@ def migrate() -> None:
 def sql(query: str, as_json: bool) -> None:
     """Run a SQL query on the store and print the result (tab-separated, with a header).
 
-    With the embedded store, stop the worker first: a chDB directory belongs to one process.
+    With the embedded store, a running worker's read-only HTTP interface answers when
+    ABM_SQL_PASSWORD is set; otherwise the store is opened directly (stop the worker
+    first: a chDB directory belongs to one process).
     """
     import orjson
 
+    from streams.sql_front import front_client
     from streams.store import open_store
 
-    result = open_store(Settings()).query(query)
+    settings = Settings()
+    result = (front_client(settings) or open_store(settings)).query(query)
     if as_json:
         rows = [dict(zip(result.column_names, row)) for row in result.result_rows]
         click.echo(orjson.dumps(rows, default=str).decode())

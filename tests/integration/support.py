@@ -27,6 +27,7 @@ def isolated_settings(bootstrap: str, data_dir: Path, **overrides: object) -> Se
         topic_prefix=f"t{tag}",
         app_id=f"abm-test-{tag}",
         web_port=free_port(),
+        sql_port=free_port(),
         **overrides,
     )
 
