@@ -29,7 +29,7 @@ class WorkerProcess:
 
     def env(self) -> dict[str, str]:
         s = self.settings
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in ("CLICKHOUSE_URL", "ABM_CLICKHOUSE_URL")}
         env.update(
             ABM_KAFKA_BOOTSTRAP=s.kafka_bootstrap,
             ABM_DATA_DIR=str(s.data_dir.resolve()),

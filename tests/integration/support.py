@@ -28,8 +28,17 @@ def isolated_settings(bootstrap: str, data_dir: Path, **overrides: object) -> Se
         app_id=f"abm-test-{tag}",
         web_port=free_port(),
         sql_port=free_port(),
-        **overrides,
+        **{"clickhouse_url": None, **overrides},  # embedded unless a test passes a server's URL
     )
+
+
+def store_env(settings: Settings) -> dict[str, str]:
+    """The environment of a process on these settings' store (a server's, or the embedded one)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CLICKHOUSE_URL", "ABM_CLICKHOUSE_URL")}
+    env["ABM_DATA_DIR"] = str(settings.data_dir)
+    if settings.clickhouse_url:
+        env["CLICKHOUSE_URL"] = settings.clickhouse_url
+    return env
 
 
 def start_worker(settings: Settings, name: str = "worker") -> WorkerProcess:
@@ -69,9 +78,7 @@ async def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: floa
 def query(settings: Settings, sql: str) -> list[dict]:
     """Rows from the stopped worker's store, read by a separate `abm sql` process
     (a process can open only one chDB directory in its lifetime)."""
-    env = dict(os.environ, ABM_DATA_DIR=str(settings.data_dir))
-    if settings.clickhouse_url:
-        env["CLICKHOUSE_URL"] = settings.clickhouse_url
+    env = store_env(settings)
     done = subprocess.run(
         [sys.executable, "-m", "streams.cli", "sql", "--json", sql], env=env, capture_output=True, timeout=120
     )

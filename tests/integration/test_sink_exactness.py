@@ -70,8 +70,8 @@ def lag_of(worker) -> int:
             time.sleep(0.5)
 
 
-def test_kill_9_at_many_points_keeps_every_total_exact(kafka_bootstrap, tmp_path):
-    settings = isolated_settings(kafka_bootstrap, tmp_path / "abm")
+def test_kill_9_at_many_points_keeps_every_total_exact(kafka_bootstrap, tmp_path, store_url):
+    settings = isolated_settings(kafka_bootstrap, tmp_path / "abm", clickhouse_url=store_url)
     total = 40_000
     # raw messages each worker takes in before its SIGKILL (0: as soon as it answers,
     # i.e. while it joins the group and recovers its tables)

@@ -7,12 +7,14 @@ materialized view fed from them and every view on top must count them once. The 
 starts with deduplicate_blocks_in_dependent_materialized_views=0, the default of
 ClickHouse 24 servers, so the sink has to ask for it.
 
-One chDB directory per module (see test_store.py).
+One chDB directory per module (see test_store.py). With CLICKHOUSE_URL set, every test
+also runs on a fresh database of that server; otherwise that variant is skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import re
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ from clickhouse_connect.driver.client import Client
 from streams.rows import event_row
 from streams.sink import ACCOUNT_COLUMNS, EVENT_COLUMNS, TRANSITION_COLUMNS, ClickHouseSink
 from streams.store import apply_migrations
+from tests.conftest import server_database
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 3, 2, 10, tzinfo=UTC)  # a Monday, 10:00 UTC
@@ -133,34 +136,39 @@ def score_row(account: str, score: float, stage: str, breadth: int, version: int
     return tuple(row[c] for c in ACCOUNT_COLUMNS)
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    client = clickhouse_connect.get_client(
-        dsn=f"chdb://{tmp_path_factory.mktemp('analytics')}",
-        settings={"deduplicate_blocks_in_dependent_materialized_views": 0},
-    )
-    try:
+@pytest.fixture(scope="module", params=["embedded", "server"])
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
+    """The migrated store with the data set: the embedded engine, or CLICKHOUSE_URL's server."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "server":
+            dsn = stack.enter_context(server_database())
+        else:
+            dsn = f"chdb://{tmp_path_factory.mktemp('analytics')}"
+        client = clickhouse_connect.get_client(dsn=dsn, settings={"deduplicate_blocks_in_dependent_materialized_views": 0})
+        stack.callback(client.close)
         apply_migrations(client)
         assert client.query("SELECT getSetting('deduplicate_blocks_in_dependent_materialized_views')").result_rows == [(0,)]
-        sink = ClickHouseSink(client, {"events": EVENT_COLUMNS, "account_scores": ACCOUNT_COLUMNS, "stage_transitions": TRANSITION_COLUMNS})
-        transitions = [(a, f, t, at(d), 0.0, f"{a}-{t}") for a, f, t, d in TRANSITIONS]
-        scores = [
-            score_row("acc-a", 40.0, "decision", 3, 5),  # an older version of acc-a
-            score_row("acc-b", 30.0, "decision", 2, 8),
-            score_row("acc-c", 5.0, "awareness", 0, 1),
-            score_row("acc-d", 20.0, "consideration", 1, 7),
-        ]
-        for _ in range(2):  # the same batch, retried with the same token
-            sink.add("events", dataset().rows)
-            sink.add("stage_transitions", transitions)
-            sink.add("account_scores", scores)
-            asyncio.run(sink.flush("batch-1"))
-        sink.add("account_scores", [score_row("acc-a", 50.0, "customer", 3, 10)])
-        sink.add("stage_transitions", transitions[:1])  # re-derived after a crash: collapses under FINAL
-        asyncio.run(sink.flush("batch-2"))
+        load(client)
         yield client
-    finally:
-        client.close()
+
+
+def load(client: Client) -> None:
+    sink = ClickHouseSink(client, {"events": EVENT_COLUMNS, "account_scores": ACCOUNT_COLUMNS, "stage_transitions": TRANSITION_COLUMNS})
+    transitions = [(a, f, t, at(d), 0.0, f"{a}-{t}") for a, f, t, d in TRANSITIONS]
+    scores = [
+        score_row("acc-a", 40.0, "decision", 3, 5),  # an older version of acc-a
+        score_row("acc-b", 30.0, "decision", 2, 8),
+        score_row("acc-c", 5.0, "awareness", 0, 1),
+        score_row("acc-d", 20.0, "consideration", 1, 7),
+    ]
+    for _ in range(2):  # the same batch, retried with the same token
+        sink.add("events", dataset().rows)
+        sink.add("stage_transitions", transitions)
+        sink.add("account_scores", scores)
+        asyncio.run(sink.flush("batch-1"))
+    sink.add("account_scores", [score_row("acc-a", 50.0, "customer", 3, 10)])
+    sink.add("stage_transitions", transitions[:1])  # re-derived after a crash: collapses under FINAL
+    asyncio.run(sink.flush("batch-2"))
 
 
 def rows(client: Client, sql: str) -> list[dict[str, Any]]:
