@@ -6,8 +6,10 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -84,3 +86,64 @@ def query(settings: Settings, sql: str) -> list[dict]:
     )
     assert done.returncode == 0, done.stderr.decode()
     return orjson.loads(done.stdout)
+
+
+class TcpProxy:
+    """A real TCP proxy on a free loopback port (its own thread and event loop) to
+    ``host:port``. ``cut()`` drops every connection through it and refuses new ones, as
+    a network partition does; ``restore()`` accepts again."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.port = free_port()
+        self._target = (host, port)
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self.restore()
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=10)
+
+    def restore(self) -> None:
+        async def listen() -> None:
+            self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+        self._run(listen())
+
+    def cut(self) -> None:
+        async def drop() -> None:
+            assert self._server is not None
+            self._server.close()
+            for writer in list(self._writers):
+                writer.transport.abort()
+
+        self._run(drop())
+
+    def close(self) -> None:
+        self.cut()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.transport.abort()
+            return
+        pair = {writer, upstream_writer}
+        self._writers |= pair
+        await asyncio.gather(self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer))
+        self._writers -= pair
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.transport.abort()

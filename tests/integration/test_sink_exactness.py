@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import functools
 import shutil
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 from aiokafka.errors import KafkaError
@@ -20,7 +24,7 @@ from streams.lag import group_lag
 from streams.settings import Settings
 from streams.simulator import produce_events
 from streams.topics import consumed_topics
-from tests.integration.support import isolated_settings, query, start_worker
+from tests.integration.support import TcpProxy, isolated_settings, query, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -123,18 +127,35 @@ def _can_make_immutable(tmp_path: Path) -> bool:
     return False
 
 
-def test_store_refusing_writes_pauses_the_worker_which_recovers_without_loss(kafka_bootstrap, tmp_path):
-    """The `events` table's directory is made immutable (chattr +i: every insert into it
-    fails in the engine, as on a read-only or failed disk) while 60k events arrive. The
-    worker retries with backoff, reports not ready, commits nothing and stays within its
-    memory bound; once the directory is writable again it catches up by itself."""
-    if not _can_make_immutable(tmp_path):
-        pytest.skip("making a directory immutable needs chattr and CAP_LINUX_IMMUTABLE (root) on a filesystem that supports it")
-    settings = isolated_settings(kafka_bootstrap, tmp_path / "abm")
-    # migrates the store; the events table's directory is then known (UUID paths are fixed)
-    [row] = query(settings, "SELECT data_paths[1] AS path FROM system.tables WHERE database = currentDatabase() AND name = 'events'")
-    events_dir = Path(row["path"])
-    assert events_dir.is_dir()
+def test_store_outage_pauses_the_worker_which_recovers_without_loss(kafka_bootstrap, tmp_path, store_url):
+    """The store stops taking writes while 60k events arrive: embedded, the `events`
+    table's directory is made immutable (chattr +i: every insert into it fails in the
+    engine, as on a read-only or failed disk); on a server, a real TCP proxy between the
+    worker and the server is cut. The worker retries with backoff, reports not ready,
+    commits nothing and stays within its memory bound; once the store is back it catches
+    up by itself, and every total is exact."""
+    with contextlib.ExitStack() as stack:
+        if store_url is None:
+            if not _can_make_immutable(tmp_path):
+                pytest.skip("making a directory immutable needs chattr and CAP_LINUX_IMMUTABLE (root) on a filesystem that supports it")
+            settings = isolated_settings(kafka_bootstrap, tmp_path / "abm")
+            # migrates the store; the events table's directory is then known (UUID paths are fixed)
+            [row] = query(settings, "SELECT data_paths[1] AS path FROM system.tables WHERE database = currentDatabase() AND name = 'events'")
+            events_dir = Path(row["path"])
+            assert events_dir.is_dir()
+            fail, recover = functools.partial(_chattr, "+i", events_dir), functools.partial(_chattr, "-i", events_dir)
+        else:
+            server = urlparse(store_url)
+            proxy = TcpProxy(server.hostname, server.port or 8123)
+            stack.callback(proxy.close)
+            credentials = server.netloc.rpartition("@")[0]
+            through = server._replace(netloc=(f"{credentials}@" if credentials else "") + f"127.0.0.1:{proxy.port}").geturl()
+            settings = isolated_settings(kafka_bootstrap, tmp_path / "abm", clickhouse_url=through)
+            fail, recover = proxy.cut, proxy.restore
+        _outage_run(settings, fail, recover)
+
+
+def _outage_run(settings: Settings, fail: Callable[[], None], recover: Callable[[], None]) -> None:
     worker = start_worker(settings)
     try:
         counts = Counter(asyncio.run(produce_events(settings, accounts=100, contacts_per_account=3, rate=None, duration_s=None, count=5_000, seed=51)))
@@ -142,7 +163,7 @@ def test_store_refusing_writes_pauses_the_worker_which_recovers_without_loss(kaf
         assert worker.readiness()[0] == 200
         baseline_rss = worker.rss_bytes()
 
-        _chattr("+i", events_dir)
+        fail()
         try:
             counts.update(asyncio.run(produce_events(settings, accounts=100, contacts_per_account=3, rate=None, duration_s=None, count=60_000, seed=52)))
             deadline = time.monotonic() + 60
@@ -164,7 +185,7 @@ def test_store_refusing_writes_pauses_the_worker_which_recovers_without_loss(kaf
             print(f"RSS before the outage {baseline_rss >> 20} MiB, peak during it {peak_rss >> 20} MiB")
             assert growth < 256 << 20, f"memory grew by {growth >> 20} MiB during the outage"
         finally:
-            _chattr("-i", events_dir)
+            recover()
         worker.wait_drained(timeout_s=180)
         assert worker.readiness() == (200, {"ready": True, "waiting_for": []})
         assert worker.status()["sink"]["failing"] is False

@@ -15,10 +15,10 @@ import urllib.request
 import clickhouse_connect
 import orjson
 import pytest
-from clickhouse_connect.driver.exceptions import DatabaseError
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from streams.simulator import produce_events
-from tests.integration.support import isolated_settings, query, start_worker
+from tests.integration.support import TcpProxy, isolated_settings, query, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -85,6 +85,19 @@ def test_bi_tools_query_a_running_workers_store_read_only(kafka_bootstrap, tmp_p
         assert done.returncode == 0, done.stderr.decode()
         assert orjson.loads(done.stdout) == [{"n": 2_000, "a": accounts}]
         assert worker.status()["stats"]["applied"] == 2_000  # still the one worker, still running
+
+        # the tests' TCP proxy (which cuts a server away in test_sink_exactness), on this front
+        proxy = TcpProxy("127.0.0.1", settings.sql_port)
+        try:
+            through = clickhouse_connect.get_client(host="127.0.0.1", port=proxy.port, username="abm", password=PASSWORD)
+            assert through.query("SELECT count() FROM events").result_rows == [(2_000,)]
+            proxy.cut()
+            with pytest.raises(OperationalError):
+                through.query("SELECT count() FROM events")
+            proxy.restore()
+            assert through.query("SELECT count() FROM events").result_rows == [(2_000,)]
+        finally:
+            proxy.close()
     finally:
         assert worker.stop() == 0, worker.log_tail()
     assert query(settings, "SELECT count() AS n FROM dead_letters") == [{"n": 0}]

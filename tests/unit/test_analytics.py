@@ -27,7 +27,7 @@ from clickhouse_connect.driver.client import Client
 
 from streams.rows import event_row
 from streams.sink import ACCOUNT_COLUMNS, EVENT_COLUMNS, TRANSITION_COLUMNS, ClickHouseSink
-from streams.store import apply_migrations
+from streams.store import MIGRATIONS_TABLE, apply_migrations, load_migrations
 from tests.conftest import server_database
 
 UTC = dt.timezone.utc
@@ -178,6 +178,13 @@ def rows(client: Client, sql: str) -> list[dict[str, Any]]:
 
 def approx(value: float | None) -> Any:
     return None if value is None else pytest.approx(value, rel=1e-12)
+
+
+def test_migrations_are_recorded_once_and_idempotent(store):
+    expected = [(m.version, m.name, m.checksum) for m in load_migrations()]
+    assert apply_migrations(store) == []
+    recorded = store.query(f"SELECT version, name, checksum FROM {MIGRATIONS_TABLE} ORDER BY version").result_rows
+    assert [(int(v), n, c) for v, n, c in recorded] == expected
 
 
 def test_a_retried_batch_counts_once_in_tables_and_materialized_views(store):
