@@ -24,38 +24,9 @@ from streams.lag import group_lag
 from streams.settings import Settings
 from streams.simulator import produce_events
 from streams.topics import consumed_topics
-from tests.integration.support import TcpProxy, isolated_settings, query, start_worker
+from tests.integration.support import TcpProxy, assert_store_exact, isolated_settings, query, start_worker
 
 pytestmark = pytest.mark.integration
-
-CAMPAIGN_TYPES = ("email_sent", "email_delivered", "email_bounced", "email_open", "email_click", "ad_impression", "ad_click")
-
-
-def assert_store_exact(settings: Settings, counts: dict[str, int]) -> None:
-    """Every event once in `events`, and every table fed from it consistent with it."""
-    total = sum(counts.values())
-    [stored] = query(settings, "SELECT count() AS n, uniqExact(event_id) AS u FROM events")
-    assert (stored["n"], stored["u"]) == (total, total)
-    by_type = {r["type"]: r["n"] for r in query(settings, "SELECT type, count() AS n FROM events GROUP BY type")}
-    assert by_type == {kind: n for kind, n in counts.items() if n}
-    [scored] = query(settings, "SELECT sum(events_total) AS n, sum(email_opens) AS opens FROM account_scores FINAL")
-    assert (scored["n"], scored["opens"]) == (total, counts["email_open"])
-    # materialized views: exactly one row (or count) per stored event
-    [facts] = query(settings, "SELECT count() AS n FROM campaign_facts")
-    assert facts["n"] == sum(counts.get(kind, 0) for kind in CAMPAIGN_TYPES)
-    [opportunities] = query(settings, "SELECT count() AS n FROM opportunity_updates")
-    assert opportunities["n"] == counts.get("opportunity_stage_changed", 0)
-    [nps] = query(settings, "SELECT count() AS n FROM nps_responses")
-    assert nps["n"] == counts.get("nps_response", 0)
-    engagement = query(settings, "SELECT type, sum(events) AS n FROM account_daily_engagement GROUP BY type")
-    human = query(settings, "SELECT type, countIf(NOT JSONExtractBool(properties, 'machine_open')) AS n FROM events GROUP BY type")
-    expected = {r["type"]: r["n"] for r in human}
-    assert engagement and {r["type"]: r["n"] for r in engagement} == {r["type"]: expected[r["type"]] for r in engagement}
-    # the score history's newest version of every account is its current row
-    history = query(settings, "SELECT account_id, max(version) AS v FROM account_score_history GROUP BY account_id")
-    current = query(settings, "SELECT account_id, version AS v FROM account_scores FINAL")
-    assert {r["account_id"]: r["v"] for r in history} == {r["account_id"]: r["v"] for r in current}
-
 
 def committed_offsets(settings: Settings) -> dict[tuple[str, int], int]:
     lags = asyncio.run(group_lag(settings.kafka_bootstrap, settings.app_id, consumed_topics(settings)))
