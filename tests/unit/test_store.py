@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from datetime import datetime, timedelta, timezone
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -350,3 +351,16 @@ def test_retention_is_altered_only_when_it_changes(client, migrated):
     assert "toIntervalDay(7)" in ttl()
     assert store.apply_retention(client, 0) is True
     assert " TTL " not in ttl()
+
+
+def test_retention_expires_raw_events_and_keeps_their_aggregates(database_client):
+    db = database_client()
+    apply_migrations(db)
+    now = datetime.now(timezone.utc)
+    old, recent = now - timedelta(days=40), now - timedelta(days=2)
+    columns = ["event_id", "type", "source", "account_id", "contact_id", "occurred_at", "received_at", "properties"]
+    db.insert("events", [["old", "page_view", "t", "acc", "c1", old, old, "{}"], ["new", "page_view", "t", "acc", "c2", recent, recent, "{}"]], column_names=columns)
+    assert store.apply_retention(db, 30) is True
+    db.command("OPTIMIZE TABLE events FINAL")
+    assert db.query("SELECT event_id FROM events").result_rows == [("new",)]
+    assert db.query("SELECT sum(events), uniqExactMerge(contacts) FROM account_daily_engagement").result_rows == [(2, 2)]
