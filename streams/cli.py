@@ -50,7 +50,7 @@ def sql(query: str, as_json: bool) -> None:
     """Run a SQL query on the store and print the result (tab-separated, with a header).
 
     With the embedded store, a running worker's read-only HTTP interface answers when
-    ABM_SQL_PASSWORD is set; otherwise the store is opened directly (stop the worker
+    ABM_CLICKHOUSE_HTTP_PASSWORD is set; otherwise the store is opened directly (stop the worker
     first: a chDB directory belongs to one process).
     """
     import orjson

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -43,10 +43,10 @@ class Settings(BaseSettings):
     app_id: str = Field("abm-pulse", description="Faust app id = consumer group")
     web_host: str = Field("127.0.0.1", description="worker web server bind address")
     web_port: int = Field(6066, ge=1, le=65535, description="worker web server port (/metrics, status)")
-    sql_host: str = Field("127.0.0.1", description="bind address of the worker's read-only ClickHouse HTTP interface (embedded store)")
-    sql_port: int = Field(8123, ge=1, le=65535, description="port of the worker's read-only ClickHouse HTTP interface")
-    sql_user: str = Field("abm", min_length=1, description="user the read-only ClickHouse HTTP interface requires")
-    sql_password: SecretStr | None = Field(None, description="its password; unset = the interface is off")
+    clickhouse_http_host: str = Field("127.0.0.1", description="bind address of the worker's read-only ClickHouse HTTP interface (embedded store)")
+    clickhouse_http_port: int = Field(8123, ge=1, le=65535, description="port of the worker's read-only ClickHouse HTTP interface")
+    clickhouse_http_user: str = Field("abm", min_length=1, description="user the read-only ClickHouse HTTP interface requires")
+    clickhouse_http_password: str | None = Field(None, description="its password; unset = the interface is off")
     batch_max_events: int = Field(5000, ge=1, description="events taken from a stream per batch")
     batch_within_s: float = Field(0.1, gt=0, description="longest wait to fill a batch")
     checkpoint_max_rows: int = Field(20000, ge=1, description="checkpoint when this many rows are buffered")

@@ -172,19 +172,19 @@ class SqlFront:
 
 
 async def start_front(settings: Settings) -> web.AppRunner:
-    """Serves the front on ``ABM_SQL_HOST:ABM_SQL_PORT`` until the runner is cleaned up."""
-    assert settings.sql_password is not None
-    front = SqlFront(ReadOnlyStore(settings.chdb_path), settings.sql_user, settings.sql_password.get_secret_value())
+    """Serves the front on ``ABM_CLICKHOUSE_HTTP_HOST:ABM_CLICKHOUSE_HTTP_PORT`` until the runner is cleaned up."""
+    assert settings.clickhouse_http_password is not None
+    front = SqlFront(ReadOnlyStore(settings.chdb_path), settings.clickhouse_http_user, settings.clickhouse_http_password)
     runner = web.AppRunner(front.application(), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, settings.sql_host, settings.sql_port).start()
-    log.info("read-only ClickHouse HTTP interface on http://%s:%d", settings.sql_host, settings.sql_port)
+    await web.TCPSite(runner, settings.clickhouse_http_host, settings.clickhouse_http_port).start()
+    log.info("read-only ClickHouse HTTP interface on http://%s:%d", settings.clickhouse_http_host, settings.clickhouse_http_port)
     return runner
 
 
 def serves_front(settings: Settings) -> bool:
     """The worker serves the front for its embedded store when a password is configured."""
-    return settings.clickhouse_url is None and settings.sql_password is not None
+    return settings.clickhouse_url is None and settings.clickhouse_http_password is not None
 
 
 def front_client(settings: Settings) -> Any | None:
@@ -194,11 +194,14 @@ def front_client(settings: Settings) -> Any | None:
     import clickhouse_connect
     from clickhouse_connect.driver.exceptions import OperationalError
 
-    assert settings.sql_password is not None
+    host = settings.clickhouse_http_host
     try:
         return clickhouse_connect.get_client(
-            host="127.0.0.1" if settings.sql_host in ("0.0.0.0", "::") else settings.sql_host, port=settings.sql_port, username=settings.sql_user,
-            password=settings.sql_password.get_secret_value(), connect_timeout=2,
+            host="127.0.0.1" if host in ("0.0.0.0", "::") else host,
+            port=settings.clickhouse_http_port,
+            username=settings.clickhouse_http_user,
+            password=settings.clickhouse_http_password,
+            connect_timeout=2,
         )
     except OperationalError:
         return None

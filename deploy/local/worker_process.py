@@ -37,11 +37,11 @@ class WorkerProcess:
             ABM_TOPIC_PREFIX=s.topic_prefix,
             ABM_APP_ID=s.app_id,
             ABM_STATE_STORE=s.state_store,
-            ABM_SQL_PORT=str(s.sql_port),
-            ABM_SQL_USER=s.sql_user,
+            ABM_CLICKHOUSE_HTTP_PORT=str(s.clickhouse_http_port),
+            ABM_CLICKHOUSE_HTTP_USER=s.clickhouse_http_user,
         )
-        if s.sql_password is not None:
-            env["ABM_SQL_PASSWORD"] = s.sql_password.get_secret_value()
+        if s.clickhouse_http_password is not None:
+            env["ABM_CLICKHOUSE_HTTP_PASSWORD"] = s.clickhouse_http_password
         if s.clickhouse_url:
             env["CLICKHOUSE_URL"] = s.clickhouse_url
         env.update(self.extra_env)

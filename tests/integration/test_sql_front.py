@@ -38,12 +38,12 @@ def raw_http(port: int, sql: str, params: dict[str, str], auth: bool) -> tuple[i
 
 
 def test_bi_tools_query_a_running_workers_store_read_only(kafka_bootstrap, tmp_path):
-    settings = isolated_settings(kafka_bootstrap, tmp_path / "abm", sql_password=PASSWORD)
+    settings = isolated_settings(kafka_bootstrap, tmp_path / "abm", clickhouse_http_password=PASSWORD)
     worker = start_worker(settings)
     try:
         counts = asyncio.run(produce_events(settings, accounts=30, contacts_per_account=3, rate=None, duration_s=None, count=2_000, seed=61))
         worker.wait_drained(timeout_s=120)
-        client = clickhouse_connect.get_client(host="127.0.0.1", port=settings.sql_port, username="abm", password=PASSWORD)
+        client = clickhouse_connect.get_client(host="127.0.0.1", port=settings.clickhouse_http_port, username="abm", password=PASSWORD)
         assert client.query("SELECT count() FROM events").result_rows == [(2_000,)]
         opens = client.query("SELECT count() FROM events WHERE type = {kind:String}", parameters={"kind": "email_open"})
         assert opens.result_rows == [(counts["email_open"],)]
@@ -62,11 +62,11 @@ def test_bi_tools_query_a_running_workers_store_read_only(kafka_bootstrap, tmp_p
         with pytest.raises(DatabaseError, match="readonly"):  # the client already knows from the engine's settings
             client.query("SELECT 1", settings={"max_threads": 1})
         # plain HTTP, as curl or a BI tool sends it: a setting in the URL is refused by the engine
-        assert raw_http(settings.sql_port, "SELECT 1", {"max_threads": "1"}, auth=True)[:2] == (500, "164")
-        assert raw_http(settings.sql_port, "SELECT 1", {}, auth=False)[:2] == (403, "516")
-        assert raw_http(settings.sql_port, "SELECT {n:UInt8} * 2 AS v FORMAT JSONEachRow", {"param_n": "21"}, auth=True) == (200, None, b'{"v":42}\n')
+        assert raw_http(settings.clickhouse_http_port, "SELECT 1", {"max_threads": "1"}, auth=True)[:2] == (500, "164")
+        assert raw_http(settings.clickhouse_http_port, "SELECT 1", {}, auth=False)[:2] == (403, "516")
+        assert raw_http(settings.clickhouse_http_port, "SELECT {n:UInt8} * 2 AS v FORMAT JSONEachRow", {"param_n": "21"}, auth=True) == (200, None, b'{"v":42}\n')
         with pytest.raises(DatabaseError, match="516|Authentication failed"):
-            clickhouse_connect.get_client(host="127.0.0.1", port=settings.sql_port, username="abm", password="wrong")
+            clickhouse_connect.get_client(host="127.0.0.1", port=settings.clickhouse_http_port, username="abm", password="wrong")
 
         # small queries answer promptly (TCP_NODELAY): 20 in well under a second
         started = time.perf_counter()
@@ -77,7 +77,7 @@ def test_bi_tools_query_a_running_workers_store_read_only(kafka_bootstrap, tmp_p
         assert per_query < 0.04
 
         # `abm sql` from another process, while the worker owns the store
-        env = dict(os.environ, ABM_DATA_DIR=str(settings.data_dir), ABM_SQL_PORT=str(settings.sql_port), ABM_SQL_PASSWORD=PASSWORD)
+        env = dict(os.environ, ABM_DATA_DIR=str(settings.data_dir), ABM_CLICKHOUSE_HTTP_PORT=str(settings.clickhouse_http_port), ABM_CLICKHOUSE_HTTP_PASSWORD=PASSWORD)
         done = subprocess.run(
             [sys.executable, "-m", "streams.cli", "sql", "--json", "SELECT count() AS n, uniqExact(account_id) AS a FROM events"],
             env=env, capture_output=True, timeout=60,
@@ -87,7 +87,7 @@ def test_bi_tools_query_a_running_workers_store_read_only(kafka_bootstrap, tmp_p
         assert worker.status()["stats"]["applied"] == 2_000  # still the one worker, still running
 
         # the tests' TCP proxy (which cuts a server away in test_sink_exactness), on this front
-        proxy = TcpProxy("127.0.0.1", settings.sql_port)
+        proxy = TcpProxy("127.0.0.1", settings.clickhouse_http_port)
         try:
             through = clickhouse_connect.get_client(host="127.0.0.1", port=proxy.port, username="abm", password=PASSWORD)
             assert through.query("SELECT count() FROM events").result_rows == [(2_000,)]
