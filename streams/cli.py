@@ -51,15 +51,18 @@ def sql(query: str, as_json: bool) -> None:
 
     With the embedded store, a running worker's read-only HTTP interface answers when
     ABM_CLICKHOUSE_HTTP_PASSWORD is set; otherwise the store is opened directly (stop the worker
-    first: a chDB directory belongs to one process).
+    first: a chDB directory belongs to one process). CLICKHOUSE_URL may also name a
+    worker's interface.
     """
     import orjson
 
     from streams.sql_front import front_client
-    from streams.store import open_store
+    from streams.store import open_client, open_store
 
     settings = Settings()
-    result = (front_client(settings) or open_store(settings)).query(query)
+    # a server (or a worker's read-only interface) is queried as it is: no migration
+    client = front_client(settings) or (open_client(settings) if settings.clickhouse_url else open_store(settings))
+    result = client.query(query)
     if as_json:
         rows = [dict(zip(result.column_names, row)) for row in result.result_rows]
         click.echo(orjson.dumps(rows, default=str).decode())

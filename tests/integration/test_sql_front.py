@@ -84,6 +84,14 @@ def test_bi_tools_query_a_running_workers_store_read_only(kafka_bootstrap, tmp_p
         )
         assert done.returncode == 0, done.stderr.decode()
         assert orjson.loads(done.stdout) == [{"n": 2_000, "a": accounts}]
+        # or with CLICKHOUSE_URL naming the worker's interface, as for any ClickHouse server
+        url = f"http://abm:{urllib.parse.quote(PASSWORD)}@127.0.0.1:{settings.clickhouse_http_port}/default"
+        done = subprocess.run(
+            [sys.executable, "-m", "streams.cli", "sql", "--json", "SELECT stage, reached FROM stage_conversion WHERE stage = 'target'"],
+            env=dict(os.environ, ABM_DATA_DIR=str(tmp_path / "elsewhere"), CLICKHOUSE_URL=url), capture_output=True, timeout=60,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        assert orjson.loads(done.stdout) == [{"stage": "target", "reached": accounts}]
         assert worker.status()["stats"]["applied"] == 2_000  # still the one worker, still running
 
         # the tests' TCP proxy (which cuts a server away in test_sink_exactness), on this front
