@@ -34,10 +34,10 @@ from streams.directory import DirectoryFeed, contact_record
 from streams.lag import group_lag, oldest_waiting_ms
 from streams.metrics import EventLatencies, LagSnapshot, PipelineCollector, PipelineStats
 from streams.offsets import OffsetGuard
-from streams.rows import account_rows, event_row
+from streams.rows import account_rows, dead_letter_row, event_row
 from streams.rules import load_rules
 from streams.settings import Settings
-from streams.sink import ACCOUNT_COLUMNS, EVENT_COLUMNS, TRANSITION_COLUMNS, ClickHouseSink
+from streams.sink import ACCOUNT_COLUMNS, DEAD_LETTER_COLUMNS, EVENT_COLUMNS, TRANSITION_COLUMNS, ClickHouseSink
 from streams.staging import StageClock
 from streams.state import AccountStates
 from streams.topics import consumed_topics
@@ -114,6 +114,7 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
             "stage_transitions": TRANSITION_COLUMNS,
             "unresolved_events": UNRESOLVED_COLUMNS,
             "unresolved_resolutions": RESOLUTION_COLUMNS,
+            "dead_letters": DEAD_LETTER_COLUMNS,
         },
         on_written=latencies.on_written,
     )
@@ -220,6 +221,7 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
                 )
                 for index, rejection in routed.rejected:
                     await dead_letter(fresh[index].message, rejection)
+                    sink.add("dead_letters", [dead_letter_row(fresh[index].message, rejection.reason.value, rejection.message)])
                 for index, event, waiting_on in routed.unresolved:
                     await app.producer.send(unresolved, (waiting_on or "").encode(), orjson.dumps(event), None, None, None)
                     if waiting_on:

@@ -31,13 +31,16 @@ def worker(loglevel: str) -> None:
 @main.command()
 def migrate() -> None:
     """Apply the ClickHouse migrations that are not applied yet."""
-    from streams.store import apply_migrations, data_location, open_client
+    from streams.store import apply_migrations, apply_retention, data_location, open_client
 
     settings = Settings()
-    applied = apply_migrations(open_client(settings))
+    client = open_client(settings)
+    applied = apply_migrations(client)
     for migration in applied:
         click.echo(f"applied {migration.version:03d}_{migration.name}")
     click.echo(f"{len(applied)} migration(s) applied to {data_location(settings)}")
+    if apply_retention(client, settings.events_ttl_days):
+        click.echo(f"events retention set to {settings.events_ttl_days or 'forever'} day(s)")
 
 
 @main.command()
@@ -46,13 +49,20 @@ def migrate() -> None:
 def sql(query: str, as_json: bool) -> None:
     """Run a SQL query on the store and print the result (tab-separated, with a header).
 
-    With the embedded store, stop the worker first: a chDB directory belongs to one process.
+    With the embedded store, a running worker's read-only HTTP interface answers when
+    ABM_CLICKHOUSE_HTTP_PASSWORD is set; otherwise the store is opened directly (stop the worker
+    first: a chDB directory belongs to one process). CLICKHOUSE_URL may also name a
+    worker's interface.
     """
     import orjson
 
-    from streams.store import open_store
+    from streams.clickhouse_http import front_client
+    from streams.store import open_client, open_store
 
-    result = open_store(Settings()).query(query)
+    settings = Settings()
+    # a server (or a worker's read-only interface) is queried as it is: no migration
+    client = front_client(settings) or (open_client(settings) if settings.clickhouse_url else open_store(settings))
+    result = client.query(query)
     if as_json:
         rows = [dict(zip(result.column_names, row)) for row in result.result_rows]
         click.echo(orjson.dumps(rows, default=str).decode())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import logging
 import re
 import sys
 import tempfile
@@ -28,12 +29,17 @@ from dataclasses import dataclass
 import lz4.frame
 from aiohttp import web
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import ClickHouseError
+from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
+
+from streams.settings import Settings
+from streams.store import open_read_only_client
 
 if sys.version_info >= (3, 14):
     from compression import zstd as _zstd
 else:  # clickhouse-connect's own dependency
     from backports import zstd as _zstd
+
+log = logging.getLogger(__name__)
 
 # URL parameters about the HTTP exchange, not settings of the statement.
 _TRANSPORT_PARAMS = frozenset(
@@ -91,7 +97,7 @@ class ClickHouseHttpFront:
 
     async def _statement(self, request: web.Request) -> web.Response:
         if not self._credentials.admit(request):
-            return _error(401, AUTHENTICATION_FAILED, "Authentication failed: password is incorrect, or there is no user with such name.")
+            return _error(403, AUTHENTICATION_FAILED, "Authentication failed: password is incorrect, or there is no user with such name.")
         params = request.query
         if params.get("database", "default") != "default":
             return _error(404, UNKNOWN_DATABASE, f"Database {params['database']} does not exist.")
@@ -184,3 +190,37 @@ def _each_lz4_frame(body: bytes) -> bytes:
 def _error(status: int, code: int, message: str) -> web.Response:
     text = message if message.startswith("Code:") else f"Code: {code}. DB::Exception: {message}"
     return web.Response(status=status, text=text + "\n", headers={"X-ClickHouse-Exception-Code": str(code)})
+
+
+def serves_front(settings: Settings) -> bool:
+    """The worker serves its embedded store read-only when a password is configured."""
+    return settings.clickhouse_url is None and settings.clickhouse_http_password is not None
+
+
+async def start_front(settings: Settings) -> web.AppRunner:
+    """The worker's read-only interface on its own handle; serves until cleaned up."""
+    assert settings.clickhouse_http_password is not None
+    front = ClickHouseHttpFront(open_read_only_client(settings), Credentials(settings.clickhouse_http_user, settings.clickhouse_http_password))
+    runner = await front.serve(settings.clickhouse_http_host, settings.clickhouse_http_port)
+    log.info("read-only ClickHouse HTTP interface on http://%s:%d", settings.clickhouse_http_host, settings.clickhouse_http_port)
+    return runner
+
+
+def front_client(settings: Settings) -> Client | None:
+    """A clickhouse-connect client on a running worker's read-only interface, or None
+    when none answers."""
+    if not serves_front(settings):
+        return None
+    import clickhouse_connect
+
+    host = settings.clickhouse_http_host
+    try:
+        return clickhouse_connect.get_client(
+            host="127.0.0.1" if host in ("0.0.0.0", "::") else host,
+            port=settings.clickhouse_http_port,
+            username=settings.clickhouse_http_user,
+            password=settings.clickhouse_http_password,
+            connect_timeout=2,
+        )
+    except OperationalError:
+        return None

@@ -34,6 +34,14 @@ def event_row(event: dict[str, Any], partition: int, offset: int, index: int) ->
     )
 
 
+def dead_letter_row(message: Any, reason: str, text: str) -> tuple[Any, ...]:
+    """A rejected Kafka message (Faust's: timestamp in seconds) with its reason and original bytes."""
+    return (
+        message.topic, message.partition, message.offset, round(message.timestamp * 1000), reason, text,
+        message.key or b"", message.value or b"",
+    )
+
+
 def account_row(state: AccountState, now_ms: int, config: ScoringConfig) -> tuple[Any, ...]:
     counts = state.counts
     as_of = max(state.as_of_ms, state.last_event_ms)

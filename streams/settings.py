@@ -36,11 +36,16 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("CLICKHOUSE_URL", "ABM_CLICKHOUSE_URL"),
         description="http(s)://user:pass@host:port/db of a ClickHouse server; unset = embedded chDB",
     )
+    events_ttl_days: int = Field(0, ge=0, description="days of event time raw events are kept in ClickHouse (0 = forever); aggregates stay")
     state_store: str = Field("rocksdb://", description="Faust table store: rocksdb:// or memory://")
-    clickhouse_http_host: str = Field("127.0.0.1", description="bind address of `abm store serve` (the embedded store over ClickHouse's HTTP interface)")
-    clickhouse_http_port: int = Field(8123, ge=1, le=65535, description="port of `abm store serve`")
-    clickhouse_http_user: str = Field("abm", description="user that `abm store serve` admits")
-    clickhouse_http_password: str | None = Field(None, description="password that `abm store serve` requires; it refuses to start without one")
+    # The embedded store over ClickHouse's HTTP interface: served read-only by the worker
+    # that owns it, or read-write by `abm store serve` for several workers.
+    clickhouse_http_host: str = Field("127.0.0.1", description="bind address of the embedded store's ClickHouse HTTP interface")
+    clickhouse_http_port: int = Field(8123, ge=1, le=65535, description="port of the embedded store's ClickHouse HTTP interface")
+    clickhouse_http_user: str = Field("abm", min_length=1, description="user the HTTP interface requires")
+    clickhouse_http_password: str | None = Field(
+        None, description="password the HTTP interface requires; unset = the worker serves none and `abm store serve` refuses to start"
+    )
 
     # Worker
     app_id: str = Field("abm-pulse", description="Faust app id = consumer group")

@@ -28,6 +28,13 @@ ACCOUNT_COLUMNS = (
     "events_90d", "stage_reason",
 )
 TRANSITION_COLUMNS = ("account_id", "from_stage", "to_stage", "at", "score", "event_id", "reason")
+DEAD_LETTER_COLUMNS = ("topic", "partition", "offset", "at", "reason", "message", "key", "payload")
+
+
+def insert_settings(token: str) -> dict[str, Any]:
+    """A retried insert (same token) is dropped by its table and by every materialized
+    view it feeds (the views' own default differs between ClickHouse versions)."""
+    return {"insert_deduplication_token": token, "deduplicate_blocks_in_dependent_materialized_views": 1}
 
 
 @dataclass(slots=True)
@@ -93,7 +100,7 @@ class ClickHouseSink:
                     table,
                     buffer.rows,
                     column_names=list(buffer.columns),
-                    settings={"insert_deduplication_token": token},
+                    settings=insert_settings(token),
                 )
             except Exception as exc:  # any failure of the store: retry, never drop
                 self.failing = True

@@ -117,10 +117,28 @@ def apply_migrations(client: Client, migrations: list[Migration] | None = None) 
     return applied
 
 
+def apply_retention(client: Client, days: int) -> bool:
+    """Raw events keep ``days`` days of event time (0: forever); their aggregates stay.
+
+    Altered only when the table's TTL differs (a change rewrites parts that expire);
+    returns whether it did.
+    """
+    wanted = f"toDateTime(occurred_at) + toIntervalDay({days})" if days else None
+    [(engine,)] = client.query(
+        "SELECT engine_full FROM system.tables WHERE database = currentDatabase() AND name = 'events'"
+    ).result_rows
+    found = re.search(r"\bTTL (.+?)(?: SETTINGS |$)", engine)
+    if (found.group(1) if found else None) == wanted:
+        return False
+    client.command(f"ALTER TABLE events MODIFY TTL {wanted}" if wanted else "ALTER TABLE events REMOVE TTL")
+    return True
+
+
 def open_store(settings: Settings) -> Client:
-    """Client with every migration applied: what the worker and the CLI start with."""
+    """Client with every migration and the retention applied: what the worker and the CLI start with."""
     client = open_client(settings)
     apply_migrations(client)
+    apply_retention(client, settings.events_ttl_days)
     return client
 
 

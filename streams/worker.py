@@ -12,6 +12,7 @@ import faust
 from streams.app import Pipeline, build_pipeline
 from streams.logs import logging_config
 from streams.settings import Settings
+from streams.clickhouse_http import serves_front, start_front
 from streams.store import open_store
 from streams.topics import prepare_topics
 
@@ -43,6 +44,15 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     asyncio.run(prepare_topics(settings))
     client = open_store(settings)
     pipeline = build_pipeline(settings, client)
+    if serves_front(settings):
+
+        @pipeline.app.task
+        async def serve_sql() -> None:  # the runner keeps serving after this returns
+            try:
+                await start_front(settings)
+            except OSError:
+                log.exception("the read-only SQL interface could not start; the worker goes on without it")
+
     PulseWorker(
         pipeline, loglevel=loglevel, quiet=True, logging_config=logging_config(settings.log_format, loglevel)
     ).execute_from_commandline()

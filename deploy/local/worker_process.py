@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ class AbmProcess:
 
     def env(self) -> dict[str, str]:
         s = self.settings
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in ("CLICKHOUSE_URL", "ABM_CLICKHOUSE_URL")}
         env.update(
             ABM_KAFKA_BOOTSTRAP=s.kafka_bootstrap,
             ABM_DATA_DIR=str(s.data_dir.resolve()),
@@ -47,12 +48,12 @@ class AbmProcess:
             ABM_STATE_STORE=s.state_store,
             ABM_SESSION_TIMEOUT_S=str(s.session_timeout_s),
             ABM_CLICKHOUSE_HTTP_PORT=str(s.clickhouse_http_port),
+            ABM_CLICKHOUSE_HTTP_USER=s.clickhouse_http_user,
         )
+        if s.clickhouse_http_password is not None:
+            env["ABM_CLICKHOUSE_HTTP_PASSWORD"] = s.clickhouse_http_password
         if s.clickhouse_url:
             env["CLICKHOUSE_URL"] = s.clickhouse_url
-        if s.clickhouse_http_password:
-            env["ABM_CLICKHOUSE_HTTP_USER"] = s.clickhouse_http_user
-            env["ABM_CLICKHOUSE_HTTP_PASSWORD"] = s.clickhouse_http_password
         env.update(self.extra_env)
         return env
 
@@ -122,6 +123,23 @@ class WorkerProcess(AbmProcess):
                 return orjson.loads(response.read())
         except OSError:
             return None
+
+    def readiness(self) -> tuple[int, dict]:
+        """The worker's /readyz: HTTP status and document."""
+        url = f"http://127.0.0.1:{self.settings.web_port}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status, orjson.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, orjson.loads(error.read())
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the worker process."""
+        assert self._process is not None
+        for line in Path(f"/proc/{self._process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
 
     def lag(self) -> int:
         from streams.topics import consumed_topics

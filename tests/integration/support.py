@@ -6,8 +6,10 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -27,8 +29,18 @@ def isolated_settings(bootstrap: str, data_dir: Path, **overrides: object) -> Se
         topic_prefix=f"t{tag}",
         app_id=f"abm-test-{tag}",
         web_port=free_port(),
-        **overrides,
+        clickhouse_http_port=free_port(),
+        **{"clickhouse_url": None, **overrides},  # embedded unless a test passes a server's URL
     )
+
+
+def store_env(settings: Settings) -> dict[str, str]:
+    """The environment of a process on these settings' store (a server's, or the embedded one)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CLICKHOUSE_URL", "ABM_CLICKHOUSE_URL")}
+    env["ABM_DATA_DIR"] = str(settings.data_dir)
+    if settings.clickhouse_url:
+        env["CLICKHOUSE_URL"] = settings.clickhouse_url
+    return env
 
 
 def start_worker(settings: Settings, name: str = "worker", extra_env: dict[str, str] | None = None) -> WorkerProcess:
@@ -68,9 +80,7 @@ async def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: floa
 def query(settings: Settings, sql: str) -> list[dict]:
     """Rows from the stopped worker's store, read by a separate `abm sql` process
     (a process can open only one chDB directory in its lifetime)."""
-    env = dict(os.environ, ABM_DATA_DIR=str(settings.data_dir))
-    if settings.clickhouse_url:
-        env["CLICKHOUSE_URL"] = settings.clickhouse_url
+    env = store_env(settings)
     done = subprocess.run(
         [sys.executable, "-m", "streams.cli", "sql", "--json", sql], env=env, capture_output=True, timeout=120
     )
@@ -78,12 +88,91 @@ def query(settings: Settings, sql: str) -> list[dict]:
     return orjson.loads(done.stdout)
 
 
-def assert_every_event_stored_once(settings: Settings, total: int, counts: dict[str, int]) -> None:
-    """Exact ClickHouse totals: every produced event once in `events`, by type, and in the
-    accounts' latest scores."""
+class TcpProxy:
+    """A real TCP proxy on a free loopback port (its own thread and event loop) to
+    ``host:port``. ``cut()`` drops every connection through it and refuses new ones, as
+    a network partition does; ``restore()`` accepts again."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.port = free_port()
+        self._target = (host, port)
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self.restore()
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=10)
+
+    def restore(self) -> None:
+        async def listen() -> None:
+            self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+        self._run(listen())
+
+    def cut(self) -> None:
+        async def drop() -> None:
+            assert self._server is not None
+            self._server.close()
+            for writer in list(self._writers):
+                writer.transport.abort()
+
+        self._run(drop())
+
+    def close(self) -> None:
+        self.cut()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.transport.abort()
+            return
+        pair = {writer, upstream_writer}
+        self._writers |= pair
+        await asyncio.gather(self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer))
+        self._writers -= pair
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.transport.abort()
+
+
+CAMPAIGN_TYPES = ("email_sent", "email_delivered", "email_bounced", "email_open", "email_click", "ad_impression", "ad_click")
+
+
+def assert_store_exact(settings: Settings, counts: dict[str, int]) -> None:
+    """Every event once in `events`, and every table fed from it consistent with it."""
+    total = sum(counts.values())
     [stored] = query(settings, "SELECT count() AS n, uniqExact(event_id) AS u FROM events")
     assert (stored["n"], stored["u"]) == (total, total)
     by_type = {r["type"]: r["n"] for r in query(settings, "SELECT type, count() AS n FROM events GROUP BY type")}
     assert by_type == {kind: n for kind, n in counts.items() if n}
     [scored] = query(settings, "SELECT sum(events_total) AS n, sum(email_opens) AS opens FROM account_scores FINAL")
     assert (scored["n"], scored["opens"]) == (total, counts["email_open"])
+    # materialized views: exactly one row (or count) per stored event
+    [facts] = query(settings, "SELECT count() AS n FROM campaign_facts")
+    assert facts["n"] == sum(counts.get(kind, 0) for kind in CAMPAIGN_TYPES)
+    [opportunities] = query(settings, "SELECT count() AS n FROM opportunity_updates")
+    assert opportunities["n"] == counts.get("opportunity_stage_changed", 0)
+    [nps] = query(settings, "SELECT count() AS n FROM nps_responses")
+    assert nps["n"] == counts.get("nps_response", 0)
+    engagement = query(settings, "SELECT type, sum(events) AS n FROM account_daily_engagement GROUP BY type")
+    human = query(settings, "SELECT type, countIf(NOT JSONExtractBool(properties, 'machine_open')) AS n FROM events GROUP BY type")
+    expected = {r["type"]: r["n"] for r in human}
+    assert engagement and {r["type"]: r["n"] for r in engagement} == {r["type"]: expected[r["type"]] for r in engagement}
+    # the score history's newest version of every account is its current row
+    history = query(settings, "SELECT account_id, max(version) AS v FROM account_score_history GROUP BY account_id")
+    current = query(settings, "SELECT account_id, version AS v FROM account_scores FINAL")
+    assert {r["account_id"]: r["v"] for r in history} == {r["account_id"]: r["v"] for r in current}

@@ -85,3 +85,14 @@ def test_burst_of_good_and_bad_messages(kafka_bootstrap, tmp_path):
         assert int(headers["abm.partition"]) >= 0 and int(headers["abm.offset"]) >= 0
     [stored] = query(settings, "SELECT count() AS n, uniqExact(event_id) AS u FROM events")
     assert (stored["n"], stored["u"]) == (7_001, 7_001)
+    # the same dead letters in ClickHouse, with their reason, origin and original bytes
+    table = query(settings, "SELECT topic, partition, offset, reason, message, hex(payload) AS payload FROM dead_letters FINAL")
+    assert len(table) == 3_000
+    assert Counter(r["reason"] for r in table) == expected_reasons
+    assert Counter(bytes.fromhex(r["payload"]) for r in table) == bad_values
+    by_origin = {}
+    for headers in (dict(m.headers) for m in dead):
+        by_origin[(headers["abm.topic"].decode(), int(headers["abm.partition"]), int(headers["abm.offset"]))] = headers
+    for row in table:
+        headers = by_origin[(row["topic"], row["partition"], row["offset"])]
+        assert (row["reason"], row["message"]) == (headers["abm.reason"].decode(), headers["abm.message"].decode())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from datetime import datetime, timedelta, timezone
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -341,3 +342,40 @@ def test_scoring_stages_migration_adds_its_columns_and_runs_again_harmlessly(cli
     assert columns[("stage_transitions", "reason")] == "String"
     assert columns[("account_scores", "events_30d")] == "Map(String, UInt32)"
     assert columns[("account_scores", "engaged_contacts_30d")] == "UInt32"
+
+
+# ------------------------------------------------------------------------ retention
+
+
+def test_retention_is_altered_only_when_it_changes(client, migrated):
+    def ttl() -> str:
+        [(engine,)] = client.query("SELECT engine_full FROM system.tables WHERE database = 'default' AND name = 'events'").result_rows
+        return engine
+
+    def mutations() -> int:
+        return client.query("SELECT count() FROM system.mutations WHERE database = 'default' AND table = 'events'").result_rows[0][0]
+
+    assert " TTL " not in ttl()
+    assert store.apply_retention(client, 0) is False
+    assert store.apply_retention(client, 30) is True
+    assert "TTL toDateTime(occurred_at) + toIntervalDay(30)" in ttl()
+    before = mutations()
+    assert store.apply_retention(client, 30) is False  # every start: no new ALTER
+    assert mutations() == before
+    assert store.apply_retention(client, 7) is True
+    assert "toIntervalDay(7)" in ttl()
+    assert store.apply_retention(client, 0) is True
+    assert " TTL " not in ttl()
+
+
+def test_retention_expires_raw_events_and_keeps_their_aggregates(database_client):
+    db = database_client()
+    apply_migrations(db)
+    now = datetime.now(timezone.utc)
+    old, recent = now - timedelta(days=40), now - timedelta(days=2)
+    columns = ["event_id", "type", "source", "account_id", "contact_id", "occurred_at", "received_at", "properties"]
+    db.insert("events", [["old", "page_view", "t", "acc", "c1", old, old, "{}"], ["new", "page_view", "t", "acc", "c2", recent, recent, "{}"]], column_names=columns)
+    assert store.apply_retention(db, 30) is True
+    db.command("OPTIMIZE TABLE events FINAL")
+    assert db.query("SELECT event_id FROM events").result_rows == [("new",)]
+    assert db.query("SELECT sum(events), uniqExactMerge(contacts) FROM account_daily_engagement").result_rows == [(2, 2)]
