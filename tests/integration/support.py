@@ -29,8 +29,7 @@ def isolated_settings(bootstrap: str, data_dir: Path, **overrides: object) -> Se
         topic_prefix=f"t{tag}",
         app_id=f"abm-test-{tag}",
         web_port=free_port(),
-        clickhouse_http_port=free_port(),
-        **{"clickhouse_url": None, **overrides},  # embedded unless a test passes a server's URL
+        **{"clickhouse_url": None, "clickhouse_http_port": free_port(), **overrides},  # embedded unless a test passes a server's URL
     )
 
 

@@ -38,9 +38,7 @@ def wait_until_processing(workers: list[WorkerProcess], timeout_s: float = 90) -
 
 
 def test_two_workers_split_the_partitions_and_one_survives_the_others_kill(kafka_bootstrap, tmp_path):
-    store_settings = isolated_settings(
-        kafka_bootstrap, tmp_path / "store", clickhouse_http_port=free_port(), clickhouse_http_password=secrets.token_hex(8)
-    )
+    store_settings = isolated_settings(kafka_bootstrap, tmp_path / "store", clickhouse_http_password=secrets.token_hex(8))
     store = started_store(store_settings)
     shared = store_settings.model_copy(update={"clickhouse_url": store.url, "session_timeout_s": 10.0})
     total = 40_000
