@@ -300,7 +300,7 @@ def outcome(settings) -> tuple[dict, set, set]:
 
 
 def test_kill_9_mid_stream_gives_the_scores_stages_and_transitions_of_an_uninterrupted_run(kafka_bootstrap, tmp_path):
-    env = {"ABM_WATERMARK_LATENESS_HOURS": str(LATENESS_DAYS * 24)}
+    env = {"ABM_WATERMARK_LATENESS_MINUTES": str(LATENESS_DAYS * 24 * 60)}
     now_ms = int(time.time() * 1000)
     start_ms = now_ms - (JOURNEY_DAYS + LATENESS_DAYS + 100) * 24 * HOUR_MS
     outcomes = []
