@@ -17,6 +17,7 @@ from processors.scoring import DAY_MS, RETENTION_DAYS, AccountState, apply_event
 from processors.stages import STAGE_RANK, fall_back_until
 from processors.watermarks import FallbackSchedule
 from schemas.events import EVENT_TYPES
+from streams.rows import account_rows
 from streams.rules import DEFAULT_RULES, load_rules
 
 CONFIG, RULES = load_rules(None, 30 * DAY_MS, 2 * DAY_MS)
@@ -418,3 +419,10 @@ def test_held_events_wait_for_the_watermark_of_their_partition():
     schedule.note(state)
     [aware] = schedule.settle_due(lambda _: state, RULES, CONFIG)  # watermark: T0 + 1 h
     assert (aware.to_stage, aware.at_ms, state.events_total, len(state.held)) == ("awareness", T0 + HOUR_MS, 1, 1)
+
+
+def test_an_account_whose_events_are_all_held_has_no_row_yet():
+    held, applied = AccountState("held"), AccountState("applied")
+    fold_events([((0, 0), dict(ev("page_view", T0), account_id="held"))], lambda _: held, CONFIG, RULES, DEDUP, hold=True)
+    fold([dict(ev("page_view", T0), account_id="applied")], applied)
+    assert [row[0] for row in account_rows([held, applied], T0, CONFIG)] == ["applied"]
