@@ -7,10 +7,16 @@ Idempotent per account three times over. Each state remembers:
   worker killed before its commit arrives at a new position but an old origin
   (one raw partition's events reach an account in offset order);
 - the (source, event id) of its recent events, so a source's retry counts once.
+
+An admitted event is either applied at once, or (``hold``) kept in its account's state
+until the partition's watermark passes it (processors.watermarks) and then applied in
+event-time order: as long as events come within the allowed lateness, an account's
+stages then depend only on its events, not on the order they arrived in.
 """
 
 from __future__ import annotations
 
+from bisect import insort
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,8 +42,10 @@ def fold_events(
     config: ScoringConfig,
     rules: StageRules,
     dedup: DedupPolicy,
+    hold: bool = False,
 ) -> Folded:
-    """Apply events in order: the events applied, the stage transitions, what was skipped."""
+    """Admit events in order: the events admitted, the stage transitions (of the events
+    applied at once), what was skipped."""
     folded = Folded()
     for position, event in positioned_events:
         state = state_for(event["account_id"])
@@ -49,20 +57,55 @@ def fold_events(
         if seen_before(state.recent_ids, event_key(event), event["occurred_at_ms"]):
             folded.duplicates += 1
             continue
-        at = event["occurred_at_ms"]
-        if 0 < state.fallback_at_ms <= at:  # time passed since the account's last evaluation
-            folded.transitions.extend(fall_back_until(state, at, rules, config))
-        weight = apply_event(state, event, config)
+        if event["occurred_at_ms"] > state.latest_seen_ms:
+            state.latest_seen_ms = event["occurred_at_ms"]
         if len(state.recent_ids) > state.prune_ids_at:
-            forget_old(state.recent_ids, state.last_event_ms, dedup)
+            forget_old(state.recent_ids, state.latest_seen_ms, dedup)
             state.prune_ids_at = next_prune_size(len(state.recent_ids))
         folded.applied.append(event)
-        if may_move_up(state, weight, note_signals(state, event, rules), rules):
-            # at the account's latest event time, or later fall-back: its event-time frontier
-            transition = restage(state, max(state.as_of_ms, state.last_event_ms), event["event_id"], rules, config)
-            if transition is not None:
-                folded.transitions.append(transition)
+        if hold:
+            insort(state.held, {k: v for k, v in event.items() if k not in _POSITIONS}, key=_event_order)
+        else:
+            apply_in_time(state, event, config, rules, folded.transitions)
     return folded
+
+
+def apply_in_time(
+    state: AccountState, event: dict[str, Any], config: ScoringConfig, rules: StageRules, transitions: list[StageTransition]
+) -> None:
+    """Applies the event after the fall-backs due before it; appends the transitions."""
+    at = event["occurred_at_ms"]
+    if 0 < state.fallback_at_ms <= at:  # time passed since the account's last evaluation
+        transitions.extend(fall_back_until(state, at, rules, config))
+    weight = apply_event(state, event, config)
+    if may_move_up(state, weight, note_signals(state, event, rules), rules):
+        # at the account's latest event time, or later fall-back: its event-time frontier
+        transition = restage(state, max(state.as_of_ms, state.last_event_ms), event["event_id"], rules, config)
+        if transition is not None:
+            transitions.append(transition)
+
+
+def settle(state: AccountState, upto_ms: int, config: ScoringConfig, rules: StageRules) -> list[StageTransition]:
+    """Applies the held events up to ``upto_ms`` in event-time order, then the fall-backs
+    due by then; returns the transitions."""
+    transitions: list[StageTransition] = []
+    held = state.held
+    due = 0
+    while due < len(held) and held[due]["occurred_at_ms"] <= upto_ms:
+        due += 1
+    if due:
+        state.held = held[due:]
+        for event in held[:due]:
+            apply_in_time(state, event, config, rules, transitions)
+    transitions.extend(fall_back_until(state, upto_ms, rules, config))
+    return transitions
+
+
+_POSITIONS = ("_src", "_origin")  # where the event came from: not needed once admitted
+
+
+def _event_order(event: dict[str, Any]) -> tuple[int, str, str]:
+    return event["occurred_at_ms"], event["source"], event["event_id"]
 
 
 def _origin_absorbed(state: AccountState, origin: list[Any] | tuple[str, int, int]) -> bool:

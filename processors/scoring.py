@@ -63,6 +63,8 @@ class AccountState:
     as_of_ms: int = 0  # event time the stage was last evaluated at (latest event or fall-back)
     fallback_at_ms: int = 0  # when the stage falls back without new events; 0 = never
     stage_reason: str = ""
+    latest_seen_ms: int = 0  # latest event time admitted, held events included
+    held: list[dict[str, Any]] = field(default_factory=list)  # admitted events waiting for the watermark, in time order
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self, option=orjson.OPT_NON_STR_KEYS)
@@ -76,6 +78,7 @@ class AccountState:
         # states written before these fields existed
         fields.setdefault("last_engaged_ms", fields["last_event_ms"])
         fields.setdefault("as_of_ms", fields["last_event_ms"])
+        fields.setdefault("latest_seen_ms", fields["last_event_ms"])
         return cls(**fields)
 
 

@@ -1,10 +1,11 @@
-"""Event time per partition, and the accounts whose stage falls back as it passes.
+"""Event time per partition, and the accounts due as it passes.
 
 A partition's watermark is the latest event time its accounts have seen minus the
-allowed lateness: events older than it are not expected any more. An account's
-fall-back is applied at its own time (``AccountState.fallback_at_ms``) once the
-watermark of its partition passes that time, also when the account has no new events.
-The schedule indexes accounts by that time, so advancing looks only at those due.
+allowed lateness: events older than it are not expected any more. Once it passes an
+account's earliest held event (processors.accounts) or its fall-back time
+(``AccountState.fallback_at_ms``), the account is settled up to the watermark, also
+when it has no new events. The schedule indexes accounts by the earlier of those times,
+so advancing looks only at those due.
 
 Nothing here is persisted: after a restart or a rebalance the schedule is rebuilt from
 the partition's stored states (``note`` each), which also gives back the watermark.
@@ -15,9 +16,10 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 
+from processors.accounts import settle
 from processors.identity import account_partition
 from processors.scoring import AccountState, ScoringConfig
-from processors.stages import StageRules, StageTransition, fall_back_until
+from processors.stages import StageRules, StageTransition
 
 
 class FallbackSchedule:
@@ -25,8 +27,8 @@ class FallbackSchedule:
         self._partitions = partitions
         self._lateness_ms = lateness_ms
         self._latest: dict[int, int] = {}  # partition -> latest event time of its accounts
-        self._queues: dict[int, list[tuple[int, str]]] = {}  # partition -> heap of (fall-back time, account)
-        self._scheduled: dict[str, int] = {}  # account -> its fall-back time in the heap (others are stale)
+        self._queues: dict[int, list[tuple[int, str]]] = {}  # partition -> heap of (due time, account)
+        self._scheduled: dict[str, int] = {}  # account -> its due time in the heap (others are stale)
 
     def __len__(self) -> int:
         return len(self._scheduled)
@@ -41,11 +43,13 @@ class FallbackSchedule:
         return None if latest is None else latest - self._lateness_ms
 
     def note(self, state: AccountState) -> None:
-        """Takes in the account's latest event time and its next fall-back."""
+        """Takes in the account's latest event time and when it is due next."""
         partition = account_partition(state.account_id, self._partitions)
-        if state.last_event_ms > self._latest.get(partition, -1):
-            self._latest[partition] = state.last_event_ms
+        if state.latest_seen_ms > self._latest.get(partition, -1):
+            self._latest[partition] = state.latest_seen_ms
         at = state.fallback_at_ms
+        if state.held and (at == 0 or state.held[0]["occurred_at_ms"] < at):
+            at = state.held[0]["occurred_at_ms"]
         if self._scheduled.get(state.account_id, 0) == at:
             return
         if at == 0:
@@ -60,10 +64,10 @@ class FallbackSchedule:
             ]
             heapq.heapify(queue)
 
-    def fall_back_due(
+    def settle_due(
         self, state_for: Callable[[str], AccountState], rules: StageRules, config: ScoringConfig
     ) -> list[StageTransition]:
-        """Applies the fall-backs the watermarks have passed, in each partition's time order."""
+        """Settles the accounts the watermarks have passed, in each partition's time order."""
         transitions = []
         for partition in self._queues:
             mark = self.watermark(partition)
@@ -75,6 +79,6 @@ class FallbackSchedule:
                     continue  # re-evaluated since: a later entry stands for it
                 del self._scheduled[account_id]
                 state = state_for(account_id)
-                transitions.extend(fall_back_until(state, mark, rules, config))
+                transitions.extend(settle(state, mark, config, rules))
                 self.note(state)
         return transitions

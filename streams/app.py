@@ -246,7 +246,7 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
                     for index, event in enumerate(orjson.loads(message.value)):
                         event["_src"] = (message.partition, message.offset, index)
                         positioned.append(((message.offset, index), event))
-                folded = fold_events(positioned, states.state_for, config, rules, dedup)
+                folded = fold_events(positioned, states.state_for, config, rules, dedup, hold=True)
                 sink.add(
                     "events",
                     [

@@ -70,7 +70,8 @@ def account_row(state: AccountState, now_ms: int, config: ScoringConfig) -> tupl
 
 
 def account_rows(states: Iterable[AccountState], now_ms: int, config: ScoringConfig) -> list[Sequence[Any]]:
-    return [account_row(state, now_ms, config) for state in states]
+    """Rows of the accounts with an event applied (not only held for the watermark)."""
+    return [account_row(state, now_ms, config) for state in states if state.last_event_ms]
 
 
 def transition_rows(transitions: Iterable[StageTransition]) -> list[Sequence[Any]]:

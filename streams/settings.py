@@ -76,8 +76,8 @@ class Settings(BaseSettings):
     engagement_rules: Path | None = Field(
         None, description="TOML file overriding keys of the shipped engagement rules (weights, caps, seniority, stages)"
     )
-    watermark_lateness_hours: float = Field(
-        1.0, ge=0, description="a partition's watermark trails its latest event time by this; fall-backs apply once it passes them"
+    watermark_lateness_minutes: float = Field(
+        5.0, ge=0, description="allowed lateness: events wait this long in event time before they move stages, so that their order does not matter"
     )
 
     @property

@@ -1,6 +1,8 @@
-"""Event time for the score agent: after each batch, the accounts it touched are
-(re)scheduled and the fall-backs the partitions' watermarks passed are applied, also to
-accounts without new events (processors.watermarks). Transitions go to ClickHouse and
+"""Event time for the score agent: the agent's events are held in their accounts' states;
+after each batch, the accounts it touched are (re)scheduled, and those the partitions'
+watermarks passed are settled: their held events applied in event-time order and their
+fall-backs applied, also for accounts without new events (processors.watermarks).
+Transitions go to ClickHouse and
 to the stage-transitions topic through the app's producer, flushed by the checkpoint
 (step 3) before the offsets that caused them are committed.
 
@@ -52,7 +54,7 @@ class StageClock:
         self._partitions = settings.topic_partitions
         self._source_topic = settings.topic(TOPIC_BY_ACCOUNT)
         self._transitions_topic = settings.topic(TOPIC_STAGE_TRANSITIONS)
-        self.schedule = FallbackSchedule(settings.topic_partitions, int(settings.watermark_lateness_hours * 3_600_000))
+        self.schedule = FallbackSchedule(settings.topic_partitions, int(settings.watermark_lateness_minutes * 60_000))
         self._stale = True
 
         @app.on_partitions_assigned.connect
@@ -61,8 +63,8 @@ class StageClock:
 
         @app.timer(settings.checkpoint_interval_s)
         async def apply_due_fall_backs() -> None:
-            """After a start or a rebalance: what became due before it is not left
-            waiting for new events."""
+            """After a start or a rebalance: what became due before it does not wait
+            for new events."""
             if not self._stale or app.rebalancing or not app.tables.actives_ready:
                 return
             async with checkpoint.lock:
@@ -70,13 +72,13 @@ class StageClock:
                     await self.emit(self.advance([]))
 
     def advance(self, applied: Iterable[dict[str, Any]]) -> list[StageTransition]:
-        """Fall-backs due once the batch's events moved the watermarks; the caller holds
-        the checkpoint lock."""
+        """Settles what is due once the batch's events moved the watermarks; the caller
+        holds the checkpoint lock."""
         if self._stale:
             self._rebuild()
         for account_id in {event["account_id"] for event in applied}:
             self.schedule.note(self._states.state_for(account_id))
-        return self.schedule.fall_back_due(self._states.state_for, self._rules, self._config)
+        return self.schedule.settle_due(self._states.state_for, self._rules, self._config)
 
     async def emit(self, transitions: list[StageTransition]) -> None:
         """To ClickHouse (buffered) and Kafka; the caller holds the checkpoint lock."""

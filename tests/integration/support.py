@@ -42,9 +42,14 @@ def store_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def start_worker(settings: Settings, name: str = "worker", extra_env: dict[str, str] | None = None) -> WorkerProcess:
+# Tests read account states as soon as the events are processed: no allowed lateness,
+# unless a test sets one (the watermark then holds events back by that much event time).
+NO_LATENESS = {"ABM_WATERMARK_LATENESS_MINUTES": "0"}
+
+
+def start_worker(settings: Settings, name: str = "worker", extra_env: dict[str, str] = NO_LATENESS) -> WorkerProcess:
     asyncio.run(prepare_topics(settings))
-    worker = WorkerProcess(settings, settings.data_dir / "logs" / f"{name}.log", extra_env or {})
+    worker = WorkerProcess(settings, settings.data_dir / "logs" / f"{name}.log", dict(extra_env))
     worker.start()
     return worker
 

@@ -13,7 +13,7 @@ import pytest
 
 from schemas.events import EVENT_TYPES, TOPIC_ACCOUNTS, TOPIC_CONTACTS
 from streams.topics import prepare_topics
-from tests.integration.support import consume_all, isolated_settings, produce, query, start_worker
+from tests.integration.support import NO_LATENESS, consume_all, isolated_settings, produce, query, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +113,7 @@ def test_contact_titles_and_an_override_rules_file_weigh_events(kafka_bootstrap,
     asyncio.run(produce(kafka_bootstrap, records))  # read in full before the first event is routed
     t = at(60)
     clicks = [event("e1", "email_click", contact_id="c-ceo", url="u", occurred_at=t), event("e2", "email_click", contact_id="c-eng", url="u", occurred_at=t + 1000)]
-    worker = start_worker(settings, extra_env={"ABM_ENGAGEMENT_RULES": str(rules)})
+    worker = start_worker(settings, extra_env={**NO_LATENESS, "ABM_ENGAGEMENT_RULES": str(rules)})
     try:
         asyncio.run(produce(kafka_bootstrap, [(settings.topic(EVENT_TYPES["email_click"].topic), None, orjson.dumps(e)) for e in clicks]))
         worker.wait_drained(timeout_s=60)

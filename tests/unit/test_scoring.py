@@ -8,7 +8,7 @@ import orjson
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from processors.accounts import fold_events
+from processors.accounts import fold_events, settle
 from processors.dedup import DedupPolicy
 from processors.identity import AccountDirectory, account_partition
 from processors.routing import route_batch
@@ -17,6 +17,7 @@ from processors.scoring import DAY_MS, RETENTION_DAYS, AccountState, apply_event
 from processors.stages import STAGE_RANK, fall_back_until
 from processors.watermarks import FallbackSchedule
 from schemas.events import EVENT_TYPES
+from streams.rows import account_rows
 from streams.rules import DEFAULT_RULES, load_rules
 
 CONFIG, RULES = load_rules(None, 30 * DAY_MS, 2 * DAY_MS)
@@ -275,10 +276,10 @@ def test_the_watermark_applies_fall_backs_to_accounts_without_new_events():
     for day in (10, 90):
         fold([dict(ev("page_view", T0 + day * DAY_MS), account_id="busy")], states["busy"])
         schedule.note(states["busy"])
-        assert schedule.fall_back_due(states.__getitem__, RULES, CONFIG) == []
+        assert schedule.settle_due(states.__getitem__, RULES, CONFIG) == []
     fold([dict(ev("page_view", T0 + 91 * DAY_MS), account_id="busy")], states["busy"])
     schedule.note(states["busy"])
-    [fell] = schedule.fall_back_due(states.__getitem__, RULES, CONFIG)  # watermark: day 91 - 1 h
+    [fell] = schedule.settle_due(states.__getitem__, RULES, CONFIG)  # watermark: day 91 - 1 h
     assert (fell.account_id, fell.to_stage, fell.at_ms) == ("quiet", "target", T0 + 90 * DAY_MS + 1)
     assert len(schedule) == 1  # only busy is still scheduled
 
@@ -367,7 +368,7 @@ def test_the_schedule_applies_exactly_the_fall_backs_a_scan_of_every_account_wou
         for states in (indexed, scanned):
             fold(events, states.setdefault(account, AccountState(account)))
         schedule.note(indexed[account])
-        got = schedule.fall_back_due(indexed.__getitem__, RULES, CONFIG)
+        got = schedule.settle_due(indexed.__getitem__, RULES, CONFIG)
         partition = account_partition(account, partitions)
         latest[partition] = max(latest.get(partition, 0), scanned[account].last_event_ms)
         expected = [
@@ -377,3 +378,51 @@ def test_the_schedule_applies_exactly_the_fall_backs_a_scan_of_every_account_wou
         ]
         assert sorted(got, key=lambda t: (t.account_id, t.at_ms)) == sorted(expected, key=lambda t: (t.account_id, t.at_ms))
     assert {a: s.stage for a, s in indexed.items()} == {a: s.stage for a, s in scanned.items()}
+
+
+@settings(max_examples=200)
+@given(journey_events, st.randoms(), st.integers(1, 6))
+def test_held_events_give_the_same_stages_in_any_arrival_order_and_batching(items, rnd, batches):
+    """Events held until the watermark passes them are applied in event-time order: the
+    transitions, score and stage are those of the events in time order, however they
+    arrived and in whatever batches the watermark advanced."""
+    # each from its own raw partition: any arrival order is possible
+    events = [dict(journey_event(item), _origin=(f"raw-{i}", 0, 0)) for i, item in enumerate(items)]
+    in_order = AccountState("a1")
+    expected = fold(sorted(events, key=lambda e: (e["occurred_at_ms"], e["source"], e["event_id"])), in_order).transitions
+    end = T0 + 400 * DAY_MS
+    expected += fall_back_until(in_order, end, RULES, CONFIG)
+
+    arrived = list(events)
+    rnd.shuffle(arrived)
+    held = AccountState("a1")
+    cuts = sorted(rnd.randint(0, len(arrived)) for _ in range(batches))
+    transitions = []
+    for start, stop in zip([0, *cuts], [*cuts, len(arrived)]):
+        batch = arrived[start:stop]
+        fold_events([((next(RAW_OFFSETS), 0), e) for e in batch], lambda _: held, CONFIG, RULES, DEDUP, hold=True)
+        # the watermark only ever passes events that every later batch is no earlier than
+        later = [e["occurred_at_ms"] for e in arrived[stop:]]
+        transitions += settle(held, min(later) - 1 if later else end, CONFIG, RULES)
+    assert transitions == expected
+    assert (held.stage, held.events_total, held.held) == (in_order.stage, in_order.events_total, [])
+    assert math.isclose(score_at(held, end, CONFIG), score_at(in_order, end, CONFIG), rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_held_events_wait_for_the_watermark_of_their_partition():
+    state = AccountState("a1")
+    schedule = FallbackSchedule(partitions=1, lateness_ms=HOUR_MS)
+    fold_events([((0, 0), ev("page_view", T0 + HOUR_MS))], lambda _: state, CONFIG, RULES, DEDUP, hold=True)
+    schedule.note(state)
+    assert schedule.settle_due(lambda _: state, RULES, CONFIG) == [] and state.events_total == 0  # watermark: T0
+    fold_events([((1, 0), ev("page_view", T0 + 2 * HOUR_MS, contact="c2"))], lambda _: state, CONFIG, RULES, DEDUP, hold=True)
+    schedule.note(state)
+    [aware] = schedule.settle_due(lambda _: state, RULES, CONFIG)  # watermark: T0 + 1 h
+    assert (aware.to_stage, aware.at_ms, state.events_total, len(state.held)) == ("awareness", T0 + HOUR_MS, 1, 1)
+
+
+def test_an_account_whose_events_are_all_held_has_no_row_yet():
+    held, applied = AccountState("held"), AccountState("applied")
+    fold_events([((0, 0), dict(ev("page_view", T0), account_id="held"))], lambda _: held, CONFIG, RULES, DEDUP, hold=True)
+    fold([dict(ev("page_view", T0), account_id="applied")], applied)
+    assert [row[0] for row in account_rows([held, applied], T0, CONFIG)] == ["applied"]
