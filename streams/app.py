@@ -34,6 +34,7 @@ from processors.stages import StageRules
 from schemas.events import TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, source_topics
 from streams.checkpoint import Checkpoint
 from streams.directory import DirectoryFeed, contact_record
+from streams.fast_path import PulseApp
 from streams.lag import group_lag, oldest_waiting_ms
 from streams.metrics import EventLatencies, LagSnapshot, PipelineCollector, PipelineStats
 from streams.offsets import OffsetGuard
@@ -58,9 +59,10 @@ class Pipeline:
     stats: PipelineStats
 
 
-def create_app(settings: Settings) -> faust.App:
-    return faust.App(
+def create_app(settings: Settings) -> PulseApp:
+    return PulseApp(
         settings.app_id,
+        batch_max_messages=settings.batch_max_events,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
         store=settings.state_store,
         datadir=str(settings.faust_dir),
@@ -75,9 +77,8 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=NEVER_S,
         broker_commit_every=2**62,
         stream_wait_empty=False,
-        # Fewer, larger hand-offs between the fetcher and the agents.
+        # Fewer, larger fetches, each handed to its agent whole (streams.fast_path).
         broker_max_poll_records=10_000,
-        stream_buffer_maxsize=65_536,
         consumer_max_fetch_size=16 * 1024 * 1024,
         # An oversized event (rejected: over 1 MiB) must still fit in its dead letter.
         producer_max_request_size=8 * 1024 * 1024,
@@ -86,7 +87,7 @@ def create_app(settings: Settings) -> faust.App:
     )
 
 
-def build_pipeline(settings: Settings, client: Client, app: faust.App | None = None) -> Pipeline:
+def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = None) -> Pipeline:
     app = app or create_app(settings)
     partitions = settings.topic_partitions
     config = ScoringConfig(half_life_ms=settings.score_half_life_days * 86_400_000)
@@ -129,11 +130,11 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
     guard = checkpoint.guard
     written_upto = _written_offsets(client)
 
-    def admit(events: list[Any]) -> list[Any]:
-        """The events of a batch to process now; the caller holds the checkpoint lock."""
+    def admit(messages: list[Any]) -> list[Any]:
+        """The messages of a batch to process now; the caller holds the checkpoint lock."""
         if checkpoint.closed:  # shutting down: left for the next start
             return []
-        admitted = guard.admit(events)
+        admitted = guard.admit(messages)
         stats.redelivered_skipped += admitted.repeated
         stats.stale_dropped += admitted.stale
         return admitted.fresh
@@ -206,19 +207,19 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
 
     @app.agent(raw_topic, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
-        async for events in stream.noack_take(settings.batch_max_events, settings.batch_within_s):
+        async for messages in app.fetched(stream):
             await feed.ready.wait()  # resolve as the directory stands, never against a half-read one
             async with checkpoint.lock:
-                fresh = admit(events)
+                fresh = admit(messages)
                 routed = route_batch(
-                    [e.message.value for e in fresh],
-                    [(e.message.topic, e.message.partition, e.message.offset) for e in fresh],
+                    [m.value for m in fresh],
+                    [(m.topic, m.partition, m.offset) for m in fresh],
                     int(time.time() * 1000),
                     partitions,
                     directory,
                 )
                 for index, rejection in routed.rejected:
-                    await dead_letter(fresh[index].message, rejection)
+                    await dead_letter(fresh[index], rejection)
                 for index, event, waiting_on in routed.unresolved:
                     await app.producer.send(unresolved, (waiting_on or "").encode(), orjson.dumps(event), None, None, None)
                     if waiting_on:
@@ -234,12 +235,11 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
 
     @app.agent(by_account_topic, name="score")
     async def score(stream: faust.StreamT) -> None:
-        async for events in stream.noack_take(settings.batch_max_events, settings.batch_within_s):
+        async for messages in app.fetched(stream):
             async with checkpoint.lock:
-                fresh = admit(events)
+                fresh = admit(messages)
                 positioned = []
-                for faust_event in fresh:
-                    message = faust_event.message
+                for message in fresh:
                     for index, event in enumerate(orjson.loads(message.value)):
                         event["_src"] = (message.partition, message.offset, index)
                         positioned.append(((message.offset, index), event))
