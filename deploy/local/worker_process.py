@@ -71,6 +71,28 @@ class WorkerProcess:
         except OSError:
             return None
 
+    def ready(self) -> bool:
+        """True once /readyz answers 200 (directory loaded, tables recovered, sink healthy)."""
+        url = f"http://127.0.0.1:{self.settings.web_port}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        """The worker's /metrics page (Prometheus text format)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.web_port}/metrics", timeout=10) as response:
+            return response.read().decode()
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the worker process now."""
+        assert self._process is not None
+        for line in Path(f"/proc/{self._process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS in /proc status")
+
     def lag(self) -> int:
         from streams.topics import consumed_topics
 
