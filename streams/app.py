@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 EVENTS_PER_MESSAGE = 500  # keeps a forwarded message well under Kafka's 1 MB default
 NEVER_S = 365 * 86400.0
+SESSION_TIMEOUT_S = 15.0
 
 
 @dataclass
@@ -80,6 +81,10 @@ def create_app(settings: Settings) -> PulseApp:
         # Fewer, larger fetches, each handed to its agent whole (streams.fast_path).
         broker_max_poll_records=10_000,
         consumer_max_fetch_size=16 * 1024 * 1024,
+        # A worker killed with SIGKILL leaves the group after this long; until then its
+        # partitions stay assigned to it (Faust's default is 60 s). A revocation's
+        # checkpoint gets half of it.
+        broker_session_timeout=SESSION_TIMEOUT_S,
         # An oversized event (rejected: over 1 MiB) must still fit in its dead letter.
         producer_max_request_size=8 * 1024 * 1024,
         # Faust's /table/ views would serve every account's state to anyone on the port.
