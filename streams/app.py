@@ -63,7 +63,7 @@ class Pipeline:
 def create_app(settings: Settings) -> PulseApp:
     return PulseApp(
         settings.app_id,
-        batch_max_messages=settings.batch_max_events,
+        batch_max_events=settings.batch_max_events,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
         store=settings.state_store,
         datadir=str(settings.faust_dir),
@@ -80,7 +80,7 @@ def create_app(settings: Settings) -> PulseApp:
         stream_wait_empty=False,
         # Fewer, larger fetches, each handed to its agent whole (streams.fast_path).
         broker_max_poll_records=10_000,
-        consumer_max_fetch_size=16 * 1024 * 1024,
+        consumer_max_fetch_size=4 * 1024 * 1024,  # per partition
         # A worker killed with SIGKILL leaves the group after this long; until then its
         # partitions stay assigned to it (Faust's default is 60 s). A revocation's
         # checkpoint gets half of it.
@@ -108,7 +108,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
     directory = AccountDirectory(max_contacts=settings.directory_max_contacts)
     waiting = set(waiting_domains(client))  # domains some unresolved event waits on
     # bytes types make the changelog raw: the store and topic hold AccountState.to_bytes() as is
-    table = app.Table("account-state", partitions=partitions, key_type=bytes, value_type=bytes)
+    table = app.Table("account-state", partitions=partitions, key_type=bytes, value_type=bytes, options=rocksdb_options())
 
     states = AccountStates(table, partitions, max_cached=settings.state_cache_accounts)
     latencies = EventLatencies()
@@ -240,7 +240,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
 
     @app.agent(by_account_topic, name="score")
     async def score(stream: faust.StreamT) -> None:
-        async for messages in app.fetched(stream):
+        async for messages in app.fetched(stream, events_per_message=EVENTS_PER_MESSAGE):
             async with checkpoint.lock:
                 fresh = admit(messages)
                 positioned = []
@@ -337,6 +337,13 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
         return Response(body=orjson.dumps(body), content_type="application/json")
 
     return Pipeline(app, checkpoint, sink, stats)
+
+
+def rocksdb_options() -> dict[str, int]:
+    """Memory caps of the state store, per partition's RocksDB (Faust's defaults allow
+    3 x 64 MiB of memtables and a 2 GiB block cache each); the account states in use
+    are in memory already (streams.state)."""
+    return {"write_buffer_size": 16 * 2**20, "max_write_buffer_number": 2, "block_cache_size": 16 * 2**20}
 
 
 def _reason_headers(message: Any, rejection: Any) -> list[tuple[str, bytes]]:

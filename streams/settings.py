@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     app_id: str = Field("abm-pulse", description="Faust app id = consumer group")
     web_host: str = Field("127.0.0.1", description="worker web server bind address")
     web_port: int = Field(6066, ge=1, le=65535, description="worker web server port (/metrics, status)")
-    batch_max_events: int = Field(5000, ge=1, description="most messages an agent processes per batch")
+    batch_max_events: int = Field(5000, ge=1, description="most events an agent processes per batch")
     checkpoint_max_rows: int = Field(20000, ge=1, description="checkpoint when this many rows are buffered")
     state_cache_accounts: int = Field(200_000, ge=1, description="account states kept in memory between checkpoints")
     checkpoint_interval_s: float = Field(1.0, gt=0, description="checkpoint at least this often")

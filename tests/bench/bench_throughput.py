@@ -14,8 +14,8 @@ Starts its own broker, produces N simulated events, then measures on the same to
               --latency-s seconds: p50 and p99 of occurred_at to the row acknowledged by
               ClickHouse, from the worker's abm_event_latency_seconds histogram
               (interpolated within its buckets);
-  memory      the worker's RSS after the run, and with --state-accounts A, after events
-              for A more accounts (RocksDB store);
+  memory      the worker's RSS after the run, and with --state-accounts A, after one
+              event for each of A more accounts (RocksDB store);
   recovery    with --state-accounts, the worker killed with SIGKILL and started again:
               seconds until /readyz answers 200 (state restored, consuming).
 
@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.local.kafka import LocalKafka, free_ports
@@ -125,6 +125,24 @@ def produce(settings: Settings, seed: int, accounts: int, count: int, rate: floa
     return counts
 
 
+async def one_event_per_account(settings: Settings, accounts: int) -> None:
+    """A page view for each of ``accounts`` accounts of their own (by explicit account id)."""
+    topic = settings.topic(EVENT_TYPES["page_view"].topic)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=20, max_batch_size=1 << 20)
+    await producer.start()
+    now_ms = int(time.time() * 1000)
+    try:
+        for start in range(0, accounts, 10_000):
+            futures = []
+            for n in range(start, min(start + 10_000, accounts)):
+                account = f"state-{n:07d}"
+                event = {"event_id": account, "type": "page_view", "occurred_at": now_ms, "source": "bench", "account_id": account, "url": "https://x.example/"}
+                futures.append(await producer.send(topic, orjson.dumps(event), key=account.encode()))
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
 def wait_ready(worker: WorkerProcess, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not worker.ready():
@@ -179,7 +197,7 @@ def run(events: int, accounts: int, latency_s: float, state_accounts: int, workd
             )
 
         if state_accounts > 0:
-            produce(settings, seed=9, accounts=state_accounts, count=state_accounts)
+            asyncio.run(one_event_per_account(settings, state_accounts))
             worker.wait_drained(timeout_s=3600, poll_s=1.0)
             total += state_accounts
             result["state_rss_mib"] = round(worker.rss_bytes() / 2**20)
