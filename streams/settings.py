@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, ge=1, le=65535, description="worker web server port (/metrics, status)")
     batch_max_events: int = Field(5000, ge=1, description="most events an agent processes per batch")
     checkpoint_max_rows: int = Field(20000, ge=1, description="checkpoint when this many rows are buffered")
-    state_cache_accounts: int = Field(200_000, ge=1, description="account states kept in memory between checkpoints")
+    state_cache_accounts: int = Field(50_000, ge=1, description="account states kept in memory between checkpoints")
     checkpoint_interval_s: float = Field(1.0, gt=0, description="checkpoint at least this often")
     log_format: Literal["text", "json"] = Field("text", description="worker logs: coloured text, or one JSON object per line")
     lag_refresh_s: float = Field(5.0, gt=0, description="how often the worker measures its consumer lag for /metrics")
