@@ -85,6 +85,9 @@ def create_app(settings: Settings) -> PulseApp:
         # partitions stay assigned to it (Faust's default is 60 s). A revocation's
         # checkpoint gets half of it.
         broker_session_timeout=SESSION_TIMEOUT_S,
+        # Changelogs and forwarded events go out in few large batches: with Faust's
+        # 16 KiB a checkpoint's flush waited on hundreds of sequential small requests.
+        producer_max_batch_size=512 * 1024,
         # An oversized event (rejected: over 1 MiB) must still fit in its dead letter.
         producer_max_request_size=8 * 1024 * 1024,
         # Faust's /table/ views would serve every account's state to anyone on the port.

@@ -10,10 +10,11 @@ Starts its own broker, produces N simulated events, then measures on the same to
   end_to_end  a real `abm worker` process (embedded ClickHouse) from /readyz answering
               200 to the commit after which its consumer group lags by nothing, i.e.
               every event is in ClickHouse;
-  latency     live events (occurred_at = when produced) at half the end-to-end rate for
+  latency     live events (occurred_at = when sent) at half the end-to-end rate for
               --latency-s seconds: p50 and p99 of occurred_at to the row acknowledged by
               ClickHouse, from the worker's abm_event_latency_seconds histogram
-              (interpolated within its buckets);
+              (interpolated within its buckets), and from receipt by the worker
+              (abm_event_pipeline_latency_seconds);
   memory      the worker's RSS after the run, and with --state-accounts A, after one
               event for each of A more accounts (RocksDB store);
   recovery    with --state-accounts, the worker killed with SIGKILL and started again:
@@ -33,7 +34,6 @@ import platform
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -44,7 +44,7 @@ from deploy.local.kafka import LocalKafka, free_ports
 from deploy.local.worker_process import WorkerProcess
 from schemas.events import EVENT_TYPES
 from streams.settings import Settings
-from streams.simulator import produce_events
+from streams.simulator import iter_events, produce_events
 from streams.topics import prepare_topics
 
 
@@ -88,7 +88,7 @@ def query_one(settings: Settings, sql: str) -> dict:
     return orjson.loads(done.stdout)[0]
 
 
-def latency_buckets(metrics_text: str, name: str = "abm_event_latency_seconds") -> list[tuple[float, float]]:
+def latency_buckets(metrics_text: str, name: str) -> list[tuple[float, float]]:
     """(upper bound, cumulative count) of a histogram on a /metrics page."""
     for family in text_string_to_metric_families(metrics_text):
         if family.name == name:
@@ -113,16 +113,31 @@ def quantile(before: list[tuple[float, float]], after: list[tuple[float, float]]
     return lower
 
 
-def produce(settings: Settings, seed: int, accounts: int, count: int, rate: float | None = None) -> dict[str, int]:
-    """``count`` events; when paced, live ones: occurred_at runs with the wall clock."""
-    live = {} if rate is None else {"start": datetime.now(UTC), "history_days": count / rate / 86_400}
+def produce(settings: Settings, seed: int, accounts: int, count: int) -> None:
     counts = asyncio.run(
-        produce_events(
-            settings, accounts=accounts, contacts_per_account=5, rate=rate, duration_s=None, count=count, seed=seed, **live
-        )
+        produce_events(settings, accounts=accounts, contacts_per_account=5, rate=None, duration_s=None, count=count, seed=seed)
     )
     assert sum(counts.values()) == count, counts
-    return counts
+
+
+async def live_events(settings: Settings, accounts: int, rate: float, count: int) -> None:
+    """``count`` simulated events paced at ``rate``, each stamped occurred_at = when it
+    was handed to the producer, so the worker's occurred_at latency is event to ClickHouse."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        began, futures = time.monotonic(), []
+        events = iter_events(seed=8, accounts=accounts, contacts_per_account=5, count=count, expected_events=count)
+        for sent, event in enumerate(events):
+            ahead = began + sent / rate - time.monotonic()
+            if ahead > 0.002:
+                await asyncio.sleep(ahead)
+            event["occurred_at"] = int(time.time() * 1000)
+            key = event["account_id"].encode() if event.get("account_id") else None
+            futures.append(await producer.send(settings.topic(EVENT_TYPES[event["type"]].topic), orjson.dumps(event), key=key))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
 
 
 async def one_event_per_account(settings: Settings, accounts: int) -> None:
@@ -185,16 +200,16 @@ def run(events: int, accounts: int, latency_s: float, state_accounts: int, workd
         if latency_s > 0:
             rate = end_to_end_eps / 2
             paced = int(rate * latency_s)
-            before = latency_buckets(worker.metrics())
-            produce(settings, seed=8, accounts=accounts, count=paced, rate=rate)
+            before = worker.metrics()
+            asyncio.run(live_events(settings, accounts, rate, paced))
             worker.wait_drained(timeout_s=600, poll_s=0.2)
-            after = latency_buckets(worker.metrics())
+            after = worker.metrics()
             total += paced
-            result.update(
-                latency_rate_events_per_s=round(rate),
-                latency_p50_s=quantile(before, after, 0.5),
-                latency_p99_s=quantile(before, after, 0.99),
-            )
+            result["latency_rate_events_per_s"] = round(rate)
+            for prefix, name in (("latency", "abm_event_latency_seconds"), ("in_worker_latency", "abm_event_pipeline_latency_seconds")):
+                buckets = latency_buckets(before, name), latency_buckets(after, name)
+                result[f"{prefix}_p50_s"] = round(quantile(*buckets, 0.5) or 0, 3)
+                result[f"{prefix}_p99_s"] = round(quantile(*buckets, 0.99) or 0, 3)
 
         if state_accounts > 0:
             asyncio.run(one_event_per_account(settings, state_accounts))
