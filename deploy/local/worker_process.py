@@ -85,13 +85,14 @@ class WorkerProcess:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.web_port}/metrics", timeout=10) as response:
             return response.read().decode()
 
-    def rss_bytes(self) -> int:
-        """Resident memory of the worker process now."""
+    def rss_bytes(self, peak: bool = False) -> int:
+        """Resident memory of the worker process now, or its peak so far."""
         assert self._process is not None
+        field = "VmHWM:" if peak else "VmRSS:"
         for line in Path(f"/proc/{self._process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS in /proc status")
+        raise RuntimeError(f"no {field} in /proc status")
 
     def lag(self) -> int:
         from streams.topics import consumed_topics

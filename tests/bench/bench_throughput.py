@@ -16,7 +16,7 @@ Starts its own broker, produces N simulated events, then measures on the same to
               (interpolated within its buckets), and from receipt by the worker
               (abm_event_pipeline_latency_seconds);
   memory      the worker's RSS after the run, and with --state-accounts A, after one
-              event for each of A more accounts (RocksDB store);
+              event for each of A more accounts (RocksDB store), now and at its peak;
   recovery    with --state-accounts, the worker killed with SIGKILL and started again:
               seconds until /readyz answers 200 (state restored, consuming).
 
@@ -216,6 +216,7 @@ def run(events: int, accounts: int, latency_s: float, state_accounts: int, workd
             worker.wait_drained(timeout_s=3600, poll_s=1.0)
             total += state_accounts
             result["state_rss_mib"] = round(worker.rss_bytes() / 2**20)
+            result["state_peak_rss_mib"] = round(worker.rss_bytes(peak=True) / 2**20)
             worker.kill()
             restarted = time.monotonic()
             worker.start(ready_timeout_s=600)
