@@ -31,6 +31,7 @@ from processors.validation import Rejection
 from schemas.events import TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, source_topics
 from streams.checkpoint import Checkpoint
 from streams.directory import DirectoryFeed, contact_record
+from streams.fast_path import PulseApp
 from streams.lag import group_lag, oldest_waiting_ms
 from streams.metrics import EventLatencies, LagSnapshot, PipelineCollector, PipelineStats
 from streams.offsets import OffsetGuard
@@ -57,9 +58,10 @@ class Pipeline:
     stats: PipelineStats
 
 
-def create_app(settings: Settings) -> faust.App:
-    return faust.App(
+def create_app(settings: Settings) -> PulseApp:
+    return PulseApp(
         settings.app_id,
+        batch_max_events=settings.batch_max_events,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
         store=settings.state_store,
         datadir=str(settings.faust_dir),
@@ -74,11 +76,16 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=NEVER_S,
         broker_commit_every=2**62,
         stream_wait_empty=False,
-        broker_session_timeout=settings.session_timeout_s,
-        # Fewer, larger hand-offs between the fetcher and the agents.
+        # Fewer, larger fetches, each handed to its agent whole (streams.fast_path).
         broker_max_poll_records=10_000,
-        stream_buffer_maxsize=65_536,
-        consumer_max_fetch_size=16 * 1024 * 1024,
+        consumer_max_fetch_size=4 * 1024 * 1024,  # per partition
+        # A worker killed with SIGKILL leaves the group after this long; until then its
+        # partitions stay assigned to it (Faust's default is 60 s). A revocation's
+        # checkpoint gets half of it.
+        broker_session_timeout=settings.session_timeout_s,
+        # Changelogs and forwarded events go out in few large batches: with Faust's
+        # 16 KiB a checkpoint's flush waited on hundreds of sequential small requests.
+        producer_max_batch_size=512 * 1024,
         # An oversized event (rejected: over 1 MiB) must still fit in its dead letter.
         producer_max_request_size=8 * 1024 * 1024,
         # Faust's /table/ views would serve every account's state to anyone on the port.
@@ -86,7 +93,7 @@ def create_app(settings: Settings) -> faust.App:
     )
 
 
-def build_pipeline(settings: Settings, client: Client, app: faust.App | None = None) -> Pipeline:
+def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = None) -> Pipeline:
     app = app or create_app(settings)
     partitions = settings.topic_partitions
     dedup = DedupPolicy(horizon_ms=int(settings.dedup_horizon_hours * 3_600_000), max_ids=settings.dedup_max_ids_per_account)
@@ -102,7 +109,7 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
     directory = AccountDirectory(max_contacts=settings.directory_max_contacts)
     waiting = set(waiting_domains(client))  # domains some unresolved event waits on
     # bytes types make the changelog raw: the store and topic hold AccountState.to_bytes() as is
-    table = app.Table("account-state", partitions=partitions, key_type=bytes, value_type=bytes)
+    table = app.Table("account-state", partitions=partitions, key_type=bytes, value_type=bytes, options=rocksdb_options())
 
     states = AccountStates(table, partitions, max_cached=settings.state_cache_accounts)
     latencies = EventLatencies()
@@ -131,11 +138,11 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
     stage_clock = StageClock(app, settings, table, states, checkpoint, sink, stats, config, rules)
     written_upto = _written_offsets(client)
 
-    def admit(events: list[Any]) -> list[Any]:
-        """The events of a batch to process now; the caller holds the checkpoint lock."""
+    def admit(messages: list[Any]) -> list[Any]:
+        """The messages of a batch to process now; the caller holds the checkpoint lock."""
         if checkpoint.closed:  # shutting down: left for the next start
             return []
-        admitted = guard.admit(events)
+        admitted = guard.admit(messages)
         stats.redelivered_skipped += admitted.repeated
         stats.stale_dropped += admitted.stale
         return admitted.fresh
@@ -208,20 +215,20 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
 
     @app.agent(raw_topic, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
-        async for events in stream.noack_take(settings.batch_max_events, settings.batch_within_s):
+        async for messages in app.fetched(stream):
             await feed.ready.wait()  # resolve as the directory stands, never against a half-read one
             async with checkpoint.lock:
-                fresh = admit(events)
+                fresh = admit(messages)
                 routed = route_batch(
-                    [e.message.value for e in fresh],
-                    [(e.message.topic, e.message.partition, e.message.offset) for e in fresh],
+                    [m.value for m in fresh],
+                    [(m.topic, m.partition, m.offset) for m in fresh],
                     int(time.time() * 1000),
                     partitions,
                     directory,
                 )
                 for index, rejection in routed.rejected:
-                    await dead_letter(fresh[index].message, rejection)
-                    sink.add("dead_letters", [dead_letter_row(fresh[index].message, rejection.reason.value, rejection.message)])
+                    await dead_letter(fresh[index], rejection)
+                    sink.add("dead_letters", [dead_letter_row(fresh[index], rejection.reason.value, rejection.message)])
                 for index, event, waiting_on in routed.unresolved:
                     await app.producer.send(unresolved, (waiting_on or "").encode(), orjson.dumps(event), None, None, None)
                     if waiting_on:
@@ -237,12 +244,11 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
 
     @app.agent(by_account_topic, name="score")
     async def score(stream: faust.StreamT) -> None:
-        async for events in stream.noack_take(settings.batch_max_events, settings.batch_within_s):
+        async for messages in app.fetched(stream, events_per_message=EVENTS_PER_MESSAGE):
             async with checkpoint.lock:
-                fresh = admit(events)
+                fresh = admit(messages)
                 positioned = []
-                for faust_event in fresh:
-                    message = faust_event.message
+                for message in fresh:
                     for index, event in enumerate(orjson.loads(message.value)):
                         event["_src"] = (message.partition, message.offset, index)
                         positioned.append(((message.offset, index), event))
@@ -333,6 +339,13 @@ def build_pipeline(settings: Settings, client: Client, app: faust.App | None = N
         return Response(body=orjson.dumps(body), content_type="application/json")
 
     return Pipeline(app, checkpoint, sink, stats)
+
+
+def rocksdb_options() -> dict[str, int]:
+    """Memory caps of the state store, per partition's RocksDB (Faust's defaults allow
+    3 x 64 MiB of memtables and a 2 GiB block cache each); the account states in use
+    are in memory already (streams.state)."""
+    return {"write_buffer_size": 16 * 2**20, "max_write_buffer_number": 2, "block_cache_size": 16 * 2**20}
 
 
 def _reason_headers(message: Any, rejection: Any) -> list[tuple[str, bytes]]:

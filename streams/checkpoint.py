@@ -1,7 +1,7 @@
 """The checkpoint: the one place that owns the commit protocol.
 
 Agents process batches into memory (sink buffers, account states, produced messages)
-and hand the consumed Kafka events to the checkpoint. Only a checkpoint makes that work
+and hand the consumed Kafka messages to the checkpoint. Only a checkpoint makes that work
 durable, in this order:
 
   1. flush the ClickHouse sink (account rows of the changed states included);
@@ -49,15 +49,15 @@ class Checkpoint:
         self._account_rows = account_rows
         self._max_rows = max_rows
         self._interval_s = interval_s
-        self._pending: list[Any] = []  # consumed Faust events not yet acknowledged
+        self._pending: list[Any] = []  # consumed Kafka messages not yet committed
         self._started_at = time.monotonic()
         self.lock = asyncio.Lock()  # agents hold it while they change pending work
         self.closed = False  # set by the final checkpoint: no more work may start
         self.commits = 0
         self.last_commit_at: float | None = None
 
-    def track(self, events: Iterable[Any]) -> None:
-        self._pending.extend(events)
+    def track(self, messages: Iterable[Any]) -> None:
+        self._pending.extend(messages)
 
     @property
     def pending_events(self) -> int:
@@ -82,7 +82,7 @@ class Checkpoint:
         self._states.write_changelogs()
         # 3. flush the producer
         await self._app.producer.flush()
-        # 4. commit the offsets of the consumed events
+        # 4. commit the offsets of the consumed messages
         if pending:
             await self._app.consumer._commit(next_offsets(pending))
         self.guard.mark_committed()
@@ -126,26 +126,24 @@ class Checkpoint:
         self.guard.reset_to_committed()
 
 
-def next_offsets(events: list[Any]) -> dict[Any, int]:
-    """Per partition, the offset after the last consumed event.
+def next_offsets(messages: list[Any]) -> dict[Any, int]:
+    """Per partition, the offset after the last consumed message.
 
     The guard lets each partition's offsets through in increasing order, so every offset
     below it has been processed. Committed directly: Faust's acknowledgement bookkeeping
     stalls on offsets delivered twice around a rebalance.
     """
     offsets: dict[Any, int] = {}
-    for event in events:
-        message = event.message
+    for message in messages:
         if message.offset >= offsets.get(message.tp, 0):
             offsets[message.tp] = message.offset + 1
     return offsets
 
 
-def _dedup_token(events: list[Any]) -> str:
+def _dedup_token(messages: list[Any]) -> str:
     """Names a batch by the source offsets it covers, so a retried insert is dropped."""
     ranges: dict[tuple[str, int], list[int]] = {}
-    for event in events:
-        message = event.message
+    for message in messages:
         span = ranges.setdefault((message.topic, message.partition), [message.offset, message.offset])
         span[0] = min(span[0], message.offset)
         span[1] = max(span[1], message.offset)

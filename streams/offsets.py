@@ -1,6 +1,6 @@
 """Which consumed messages are new to this process.
 
-A stream's batch can hold messages fetched before a rebalance: processing those would
+A fetched batch can hold messages fetched before a rebalance: processing those would
 redo work whose partition may already belong to another worker (and they are fetched
 again from the committed offset anyway). After a rebalance Faust also seeks retained
 partitions back to their committed offsets, so an offset can arrive twice. The guard
@@ -28,16 +28,15 @@ class OffsetGuard:
         self._processed: dict[Any, int] = {}  # tp -> last offset processed
         self._committed: dict[Any, int] = {}  # tp -> last offset covered by a commit
 
-    def admit(self, events: Sequence[Any]) -> Admitted:
+    def admit(self, messages: Sequence[Any]) -> Admitted:
         app = self._app
         if not app.flow_control.is_active():
-            return Admitted(stale=len(events))
+            return Admitted(stale=len(messages))
         generation = app.consumer_generation_id
         assignment = app.consumer.assignment()
         processed = self._processed
         admitted = Admitted()
-        for event in events:
-            message = event.message
+        for message in messages:
             tp = message.tp
             if message.generation_id != generation or tp not in assignment:
                 admitted.stale += 1
@@ -45,7 +44,7 @@ class OffsetGuard:
                 admitted.repeated += 1
             else:
                 processed[tp] = message.offset
-                admitted.fresh.append(event)
+                admitted.fresh.append(message)
         return admitted
 
     def mark_committed(self) -> None:

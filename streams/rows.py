@@ -35,9 +35,9 @@ def event_row(event: dict[str, Any], partition: int, offset: int, index: int) ->
 
 
 def dead_letter_row(message: Any, reason: str, text: str) -> tuple[Any, ...]:
-    """A rejected Kafka message (Faust's: timestamp in seconds) with its reason and original bytes."""
+    """A rejected Kafka message (streams.fast_path.Fetched) with its reason and original bytes."""
     return (
-        message.topic, message.partition, message.offset, round(message.timestamp * 1000), reason, text,
+        message.topic, message.partition, message.offset, message.timestamp_ms, reason, text,
         message.key or b"", message.value or b"",
     )
 

@@ -51,14 +51,13 @@ class Settings(BaseSettings):
     app_id: str = Field("abm-pulse", description="Faust app id = consumer group")
     web_host: str = Field("127.0.0.1", description="worker web server bind address")
     web_port: int = Field(6066, ge=1, le=65535, description="worker web server port (/metrics, status)")
-    batch_max_events: int = Field(5000, ge=1, description="events taken from a stream per batch")
-    batch_within_s: float = Field(0.1, gt=0, description="longest wait to fill a batch")
+    batch_max_events: int = Field(5000, ge=1, description="most events an agent processes per batch")
     checkpoint_max_rows: int = Field(20000, ge=1, description="checkpoint when this many rows are buffered")
-    state_cache_accounts: int = Field(200_000, ge=1, description="account states kept in memory between checkpoints")
+    state_cache_accounts: int = Field(50_000, ge=1, description="account states kept in memory between checkpoints")
     checkpoint_interval_s: float = Field(1.0, gt=0, description="checkpoint at least this often")
     log_format: Literal["text", "json"] = Field("text", description="worker logs: coloured text, or one JSON object per line")
     session_timeout_s: float = Field(
-        60.0, ge=6, description="a worker that stops heartbeating (killed, frozen) loses its partitions after this long"
+        15.0, ge=6, description="a worker that stops heartbeating (killed, frozen) loses its partitions after this long"
     )
     lag_refresh_s: float = Field(5.0, gt=0, description="how often the worker measures its consumer lag for /metrics")
 

@@ -133,13 +133,26 @@ class WorkerProcess(AbmProcess):
         except urllib.error.HTTPError as error:
             return error.code, orjson.loads(error.read())
 
-    def rss_bytes(self) -> int:
-        """Resident memory of the worker process."""
+    def ready(self) -> bool:
+        """True once /readyz answers 200 (directory loaded, tables recovered, sink healthy)."""
+        try:
+            return self.readiness()[0] == 200
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        """The worker's /metrics page (Prometheus text format)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.web_port}/metrics", timeout=10) as response:
+            return response.read().decode()
+
+    def rss_bytes(self, peak: bool = False) -> int:
+        """Resident memory of the worker process now, or its peak so far."""
         assert self._process is not None
+        field = "VmHWM:" if peak else "VmRSS:"
         for line in Path(f"/proc/{self._process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS")
+        raise RuntimeError(f"no {field} in /proc status")
 
     def lag(self) -> int:
         from streams.topics import consumed_topics

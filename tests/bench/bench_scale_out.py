@@ -19,8 +19,6 @@ import secrets
 import shutil
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import clickhouse_connect
@@ -33,20 +31,12 @@ from streams.simulator import produce_events
 from streams.topics import prepare_topics
 
 
-def ready(worker: WorkerProcess) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{worker.settings.web_port}/readyz", timeout=2):
-            return True
-    except (urllib.error.HTTPError, OSError):
-        return False
-
-
 def wait_settled(workers: list[WorkerProcess], settle_s: float = 5.0, timeout_s: float = 180.0) -> None:
     """Until every worker has been ready (no rebalance, tables recovered) for ``settle_s``."""
     deadline = time.monotonic() + timeout_s
     since = None
     while time.monotonic() < deadline:
-        if all(ready(w) for w in workers):
+        if all(w.ready() for w in workers):
             since = since or time.monotonic()
             if time.monotonic() - since >= settle_s:
                 return

@@ -1,16 +1,28 @@
-"""Throughput benchmark: the worker end to end against a bare aiokafka consumer.
+"""Performance benchmark: the worker end to end against a bare aiokafka consumer.
 
     python -m tests.bench.bench_throughput [--events 200000] [--accounts 2000]
+        [--latency-s 20] [--state-accounts 0]
 
 Starts its own broker, produces N simulated events, then measures on the same topics:
 
   floor       a bare aiokafka consumer that fetches every raw event and decodes it with
               orjson (what any Python consumer pays before doing any work);
-  end_to_end  a real `abm worker` process (embedded ClickHouse) from ready until its
-              consumer group has committed everything, i.e. every event is in ClickHouse.
+  end_to_end  a real `abm worker` process (embedded ClickHouse) from /readyz answering
+              200 to the commit after which its consumer group lags by nothing, i.e.
+              every event is in ClickHouse;
+  latency     live events (occurred_at = when sent) at half the end-to-end rate for
+              --latency-s seconds: p50 and p99 of occurred_at to the row acknowledged by
+              ClickHouse, from the worker's abm_event_latency_seconds histogram
+              (interpolated within its buckets), and from receipt by the worker
+              (abm_event_pipeline_latency_seconds);
+  memory      the worker's RSS after the run, and with --state-accounts A, after one
+              event for each of A more accounts (RocksDB store), now and at its peak;
+  recovery    with --state-accounts, the worker killed with SIGKILL and started again:
+              seconds until /readyz answers 200 (state restored, consuming).
 
-Then checks that ClickHouse holds exactly N events and prints one JSON line.
-Not part of the test suite: numbers depend on the machine.
+Then checks that ClickHouse holds every event exactly once and that the accounts' event
+totals add up to it, and prints one JSON line. Not part of the test suite: numbers
+depend on the machine.
 """
 
 from __future__ import annotations
@@ -25,13 +37,14 @@ import time
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.local.kafka import LocalKafka, free_ports
 from deploy.local.worker_process import WorkerProcess
 from schemas.events import EVENT_TYPES
 from streams.settings import Settings
-from streams.simulator import produce_events
+from streams.simulator import iter_events, produce_events
 from streams.topics import prepare_topics
 
 
@@ -66,22 +79,94 @@ async def bare_consumer_seconds(settings: Settings, topics: list[str], expected:
         await consumer.stop()
 
 
-def stored_events(settings: Settings) -> tuple[int, int]:
-    """(rows, distinct event ids) in the stopped worker's store, read by `abm sql`."""
+def query_one(settings: Settings, sql: str) -> dict:
+    """The one row of ``sql`` in the stopped worker's store, read by `abm sql`."""
     import subprocess
 
     env = dict(os.environ, ABM_DATA_DIR=str(settings.data_dir))
-    done = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "sql", "--json", "SELECT count() AS n, uniqExact(event_id) AS u FROM events"],
-        env=env,
-        capture_output=True,
-        check=True,
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "sql", "--json", sql], env=env, capture_output=True, check=True)
+    return orjson.loads(done.stdout)[0]
+
+
+def latency_buckets(metrics_text: str, name: str) -> list[tuple[float, float]]:
+    """(upper bound, cumulative count) of a histogram on a /metrics page."""
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == name:
+            return [(float(s.labels["le"]), s.value) for s in family.samples if s.name.endswith("_bucket")]
+    raise KeyError(name)
+
+
+def quantile(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float | None:
+    """The q-quantile of what the histogram observed between two scrapes, interpolated
+    linearly within its bucket."""
+    counts = [(bound, a - b) for (bound, a), (_, b) in zip(after, before)]
+    total = counts[-1][1]
+    if not total:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound, cumulative in counts:
+        if cumulative >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(cumulative - below, 1)
+        lower, below = bound, cumulative
+    return lower
+
+
+def produce(settings: Settings, seed: int, accounts: int, count: int) -> None:
+    counts = asyncio.run(
+        produce_events(settings, accounts=accounts, contacts_per_account=5, rate=None, duration_s=None, count=count, seed=seed)
     )
-    row = orjson.loads(done.stdout)[0]
-    return int(row["n"]), int(row["u"])
+    assert sum(counts.values()) == count, counts
 
 
-def run(events: int, accounts: int, workdir: Path) -> dict:
+async def live_events(settings: Settings, accounts: int, rate: float, count: int) -> None:
+    """``count`` simulated events paced at ``rate``, each stamped occurred_at = when it
+    was handed to the producer, so the worker's occurred_at latency is event to ClickHouse."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        began, futures = time.monotonic(), []
+        events = iter_events(seed=8, accounts=accounts, contacts_per_account=5, count=count, expected_events=count)
+        for sent, event in enumerate(events):
+            ahead = began + sent / rate - time.monotonic()
+            if ahead > 0.002:
+                await asyncio.sleep(ahead)
+            event["occurred_at"] = int(time.time() * 1000)
+            key = event["account_id"].encode() if event.get("account_id") else None
+            futures.append(await producer.send(settings.topic(EVENT_TYPES[event["type"]].topic), orjson.dumps(event), key=key))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def one_event_per_account(settings: Settings, accounts: int) -> None:
+    """A page view for each of ``accounts`` accounts of their own (by explicit account id)."""
+    topic = settings.topic(EVENT_TYPES["page_view"].topic)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=20, max_batch_size=1 << 20)
+    await producer.start()
+    now_ms = int(time.time() * 1000)
+    try:
+        for start in range(0, accounts, 10_000):
+            futures = []
+            for n in range(start, min(start + 10_000, accounts)):
+                account = f"state-{n:07d}"
+                event = {"event_id": account, "type": "page_view", "occurred_at": now_ms, "source": "bench", "account_id": account, "url": "https://x.example/"}
+                futures.append(await producer.send(topic, orjson.dumps(event), key=account.encode()))
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def wait_ready(worker: WorkerProcess, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not worker.ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"worker not ready after {timeout_s}s\n{worker.log_tail()}")
+        time.sleep(0.05)
+
+
+def run(events: int, accounts: int, latency_s: float, state_accounts: int, workdir: Path) -> dict:
     kafka_port, controller_port, web_port = free_ports(3)
     settings = Settings(
         kafka_bootstrap=f"127.0.0.1:{kafka_port}",
@@ -93,34 +178,61 @@ def run(events: int, accounts: int, workdir: Path) -> dict:
     kafka = LocalKafka(settings.kafka_dir, kafka_port, controller_port, settings.kafka_cache_dir, settings.kafka_version)
     worker = WorkerProcess(settings, workdir / "logs" / "worker.log")
     raw_topics = [settings.topic(t.topic) for t in EVENT_TYPES.values()]
+    result: dict = {}
     kafka.start()
     try:
         asyncio.run(prepare_topics(settings))
         began = time.perf_counter()
-        counts = asyncio.run(
-            produce_events(
-                settings, accounts=accounts, contacts_per_account=5, rate=None, duration_s=None, count=events, seed=7
-            )
-        )
+        produce(settings, seed=7, accounts=accounts, count=events)
         produce_s = time.perf_counter() - began
-        assert sum(counts.values()) == events, counts
 
         floor_s = asyncio.run(bare_consumer_seconds(settings, raw_topics, events))
 
         worker.start()
-        ready = time.perf_counter()
-        drained = worker.wait_drained(timeout_s=1800, poll_s=0.2)
-        end_to_end_s = drained - ready
+        wait_ready(worker, timeout_s=300)  # as for the floor, joining the group is not timed
+        ready = time.time()
+        worker.wait_drained(timeout_s=1800, poll_s=0.2)
+        end_to_end_s = worker.status()["checkpoint"]["last_commit_at"] - ready  # the commit that drained it
+        end_to_end_eps = events / end_to_end_s
+        result["rss_mib"] = round(worker.rss_bytes() / 2**20)
+        total = events
+
+        if latency_s > 0:
+            rate = end_to_end_eps / 2
+            paced = int(rate * latency_s)
+            before = worker.metrics()
+            asyncio.run(live_events(settings, accounts, rate, paced))
+            worker.wait_drained(timeout_s=600, poll_s=0.2)
+            after = worker.metrics()
+            total += paced
+            result["latency_rate_events_per_s"] = round(rate)
+            for prefix, name in (("latency", "abm_event_latency_seconds"), ("in_worker_latency", "abm_event_pipeline_latency_seconds")):
+                buckets = latency_buckets(before, name), latency_buckets(after, name)
+                result[f"{prefix}_p50_s"] = round(quantile(*buckets, 0.5) or 0, 3)
+                result[f"{prefix}_p99_s"] = round(quantile(*buckets, 0.99) or 0, 3)
+
+        if state_accounts > 0:
+            asyncio.run(one_event_per_account(settings, state_accounts))
+            worker.wait_drained(timeout_s=3600, poll_s=1.0)
+            total += state_accounts
+            result["state_rss_mib"] = round(worker.rss_bytes() / 2**20)
+            result["state_peak_rss_mib"] = round(worker.rss_bytes(peak=True) / 2**20)
+            worker.kill()
+            restarted = time.monotonic()
+            worker.start(ready_timeout_s=600)
+            wait_ready(worker, timeout_s=600)
+            result["recovery_s"] = round(time.monotonic() - restarted, 1)
+            worker.wait_drained(timeout_s=600, poll_s=1.0)
         status = worker.status() or {}
         assert worker.stop() == 0, worker.log_tail()
     finally:
         worker.stop()
         kafka.stop()
-    rows, distinct = stored_events(settings)
-    if (rows, distinct) != (events, events):
-        raise SystemExit(f"ClickHouse holds {rows} rows / {distinct} distinct events, expected {events}")
+    stored = query_one(settings, "SELECT count() AS n, uniqExact(event_id) AS u FROM events")
+    scored = query_one(settings, "SELECT sum(events_total) AS n, count() AS accounts FROM account_scores FINAL")
+    if (int(stored["n"]), int(stored["u"]), int(scored["n"])) != (total, total, total):
+        raise SystemExit(f"ClickHouse holds {stored} events and accounts {scored}, expected {total}")
     floor_eps = events / floor_s
-    end_to_end_eps = events / end_to_end_s
     return {
         "events": events,
         "accounts": accounts,
@@ -130,7 +242,9 @@ def run(events: int, accounts: int, workdir: Path) -> dict:
         "end_to_end_s": round(end_to_end_s, 2),
         "floor_s": round(floor_s, 2),
         "produce_events_per_s": round(events / produce_s),
-        "clickhouse_events": rows,
+        **result,
+        "clickhouse_events": total,
+        "clickhouse_accounts": int(scored["accounts"]),
         "checkpoints": status.get("checkpoint", {}).get("commits"),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
@@ -141,10 +255,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--accounts", type=int, default=2_000)
+    parser.add_argument("--latency-s", type=float, default=20.0, help="seconds of live events at half the rate (0: skip)")
+    parser.add_argument("--state-accounts", type=int, default=0, help="then events for this many more accounts: memory, kill -9, recovery")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="abm-bench-"))
-    result = run(args.events, args.accounts, workdir)
+    result = run(args.events, args.accounts, args.latency_s, args.state_accounts, workdir)
     if args.keep:
         result["workdir"] = str(workdir)
     else:

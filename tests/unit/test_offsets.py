@@ -31,11 +31,11 @@ class AppView:
 
 
 def event(partition: int, offset: int, generation: int = 1):
-    return SimpleNamespace(message=SimpleNamespace(tp=("raw", partition), offset=offset, generation_id=generation))
+    return SimpleNamespace(tp=("raw", partition), offset=offset, generation_id=generation)
 
 
-def offsets(events) -> list[tuple[int, int]]:
-    return [(e.message.tp[1], e.message.offset) for e in events]
+def offsets(messages) -> list[tuple[int, int]]:
+    return [(m.tp[1], m.offset) for m in messages]
 
 
 def test_each_offset_is_admitted_once_per_partition():

@@ -1,0 +1,158 @@
+"""Whole fetched batches from the consumer to the agents, past Faust's per-message path.
+
+Faust hands every fetched message on by itself: two tasks in ``wait_first`` per message,
+a decode, an Event, a queue put, a stream iteration with its sensors, a processor call
+per message in ``noack_take``. That machinery, not our work, capped a worker at a few
+thousand events/s. Our agents process batches and never acknowledge through Faust (the
+Checkpoint commits), so none of it is needed for their topics.
+
+``BatchConsumer`` keeps Faust's consumer (group membership, rebalances, flow control,
+seeks, table recovery) and changes only what happens to a fetch: the messages of topics
+an agent reads through ``FetchedBatches`` go to that agent's bounded queue as lists, one
+put per fetch; every other topic (table changelogs during recovery) takes Faust's own
+per-message route. The agent's messages carry their consumer generation, and the
+OffsetGuard drops those fetched before a rebalance exactly as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from itertools import repeat
+from typing import Any
+
+import faust
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from faust.types import TP
+
+QUEUED_BATCHES = 2  # per agent: one being processed, one fetched ahead
+
+
+class Fetched:
+    """A consumed record as the agents, the OffsetGuard and the Checkpoint use it: a
+    quarter of the cost of Faust's ConsumerMessage, which carries ack bookkeeping."""
+
+    __slots__ = ("topic", "partition", "offset", "timestamp_ms", "key", "value", "headers", "tp", "generation_id")
+
+    def __init__(self, tp: TP, record: Any, generation_id: int) -> None:
+        self.topic = record.topic
+        self.partition = record.partition
+        self.offset = record.offset
+        self.timestamp_ms = record.timestamp
+        self.key = record.key
+        self.value = record.value
+        self.headers = record.headers
+        self.tp = tp
+        self.generation_id = generation_id
+
+
+class FetchedBatches:
+    """The agents' queues of fetched messages, by the topic names they read."""
+
+    def __init__(self, max_events: int) -> None:
+        self._max_events = max_events
+        self._queues: dict[str, tuple[asyncio.Queue[list[Fetched]], int]] = {}
+
+    def __contains__(self, topic: str) -> bool:
+        return topic in self._queues
+
+    def queue_for(self, topic: str) -> tuple[asyncio.Queue[list[Fetched]], int]:
+        """The topic's agent queue, and the most messages to put in one batch."""
+        return self._queues[topic]
+
+    async def __call__(self, stream: faust.StreamT, events_per_message: int = 1) -> AsyncIterator[list[Fetched]]:
+        """Batches of the agent's messages, each in offset order per partition, of at most
+        ``batch_max_events`` events (messages carrying up to ``events_per_message``).
+
+        Iterating the agent's channel is what subscribes its topics through Faust's
+        conductor; its messages then come here instead of through the stream.
+        """
+        channel = aiter(stream.channel)  # type: ignore[arg-type]
+        queue: asyncio.Queue[list[Fetched]] = asyncio.Queue(QUEUED_BATCHES)
+        for topic in channel.topics:  # type: ignore[attr-defined]
+            self._queues[topic] = (queue, max(1, self._max_events // events_per_message))
+        while True:
+            yield await queue.get()
+
+
+class BatchConsumer(AIOKafkaConsumer):
+    """Faust's aiokafka consumer, delivering batched topics one fetch at a time."""
+
+    batches: FetchedBatches
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # the Fetcher service's loop
+        consumer_stopped = self._stopped.is_set
+        fetcher_stopped = fetcher._stopped.is_set
+        try:
+            while not (consumer_stopped() or fetcher_stopped()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                records, active = await self._wait_next_records(timeout=1.0)
+                await self.sleep(0)
+                if records and not self.should_stop:
+                    if self.flow_active:
+                        await self._deliver(records, active)
+                    else:  # a rebalance began: the fetch is stale, resume from the commits
+                        await self.perform_seek()
+                self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if not self.transport.app.should_stop:
+                raise
+        except asyncio.CancelledError:
+            if not self.transport.app.should_stop:
+                raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _deliver(self, records: dict[TP, list[Any]], active: set[TP] | None) -> None:
+        generation = self.app.consumer_generation_id
+        read_offset = self._read_offset
+        batches = self.batches
+        to_message = self._to_message
+        track_end_offset = self.app.monitor.track_tp_end_offset
+        by_queue: dict[int, tuple[asyncio.Queue[list[Fetched]], int, list[Fetched]]] = {}
+        for tp, tp_records in records.items():
+            if active is not None and tp not in active and tp not in self._buffered_partitions:
+                continue
+            last = read_offset[tp]
+            if last is not None:
+                tp_records = [record for record in tp_records if record.offset >= last]
+            if not tp_records:
+                continue
+            track_end_offset(tp, self.highwater(tp))
+            if tp.topic in batches:
+                queue, batch_size = batches.queue_for(tp.topic)
+                by_queue.setdefault(id(queue), (queue, batch_size, []))[2].extend(Fetched(tp, r, generation) for r in tp_records)
+                read_offset[tp] = tp_records[-1].offset
+            else:
+                for message in map(to_message, repeat(tp), tp_records):  # Faust's own route (changelogs while recovering)
+                    if not self.flow_active or self.app.consumer_generation_id != generation:
+                        return
+                    await self.wait_first(self.callback(message), self.suspend_flow.wait())
+                    read_offset[tp] = message.offset
+        for queue, batch_size, messages in by_queue.values():
+            for start in range(0, len(messages), batch_size):
+                batch = messages[start : start + batch_size]
+                if not self.flow_active or self.app.consumer_generation_id != generation:
+                    return  # stale now: the OffsetGuard would drop it anyway
+                await self.wait_first(queue.put(batch), self.suspend_flow.wait())
+
+
+class PulseApp(faust.App):
+    """A Faust app whose consumer hands the agents' topics over in fetched batches."""
+
+    def __init__(self, *args: Any, batch_max_events: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fetched = FetchedBatches(batch_max_events)
+
+    def _new_consumer(self) -> BatchConsumer:
+        consumer = BatchConsumer(
+            self.transport,
+            callback=self.topics.on_message,
+            on_partitions_revoked=self._on_partitions_revoked,
+            on_partitions_assigned=self._on_partitions_assigned,
+            beacon=self.beacon,
+            loop=self.transport.loop,
+        )
+        consumer.batches = self.fetched
+        return consumer
