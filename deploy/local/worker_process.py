@@ -37,23 +37,12 @@ class AbmProcess:
         raise NotImplementedError
 
     def env(self) -> dict[str, str]:
-        s = self.settings
-        env = {k: v for k, v in os.environ.items() if k not in ("CLICKHOUSE_URL", "ABM_CLICKHOUSE_URL")}
-        env.update(
-            ABM_KAFKA_BOOTSTRAP=s.kafka_bootstrap,
-            ABM_DATA_DIR=str(s.data_dir.resolve()),
-            ABM_WEB_PORT=str(s.web_port),
-            ABM_TOPIC_PREFIX=s.topic_prefix,
-            ABM_APP_ID=s.app_id,
-            ABM_STATE_STORE=s.state_store,
-            ABM_SESSION_TIMEOUT_S=str(s.session_timeout_s),
-            ABM_CLICKHOUSE_HTTP_PORT=str(s.clickhouse_http_port),
-            ABM_CLICKHOUSE_HTTP_USER=s.clickhouse_http_user,
-        )
-        if s.clickhouse_http_password is not None:
-            env["ABM_CLICKHOUSE_HTTP_PASSWORD"] = s.clickhouse_http_password
-        if s.clickhouse_url:
-            env["CLICKHOUSE_URL"] = s.clickhouse_url
+        """The environment with every one of these settings, so the child runs on exactly them."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ABM_") and k != "CLICKHOUSE_URL"}
+        for name, value in self.settings.model_dump().items():
+            if value is not None:
+                variable = "CLICKHOUSE_URL" if name == "clickhouse_url" else f"ABM_{name.upper()}"
+                env[variable] = str(value.resolve()) if isinstance(value, Path) else str(value)
         env.update(self.extra_env)
         return env
 
