@@ -41,6 +41,7 @@ from streams.settings import Settings
 from streams.sink import ACCOUNT_COLUMNS, DEAD_LETTER_COLUMNS, EVENT_COLUMNS, TRANSITION_COLUMNS, ClickHouseSink
 from streams.staging import StageClock
 from streams.state import AccountStates
+from streams.store import stored_event_positions
 from streams.topics import consumed_topics
 from streams.unresolved import RESOLUTION_COLUMNS, UNRESOLVED_COLUMNS, pending_events, resolution_row, unresolved_row, waiting_domains
 
@@ -136,7 +137,10 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
     )
     guard = checkpoint.guard
     stage_clock = StageClock(app, settings, table, states, checkpoint, sink, stats, config, rules)
-    written_upto = _written_offsets(client)
+    # Rows of this worker's by-account partitions already in ClickHouse past the committed
+    # offsets (inserted by a checkpoint that died before its commit, possibly only in part):
+    # their events come again and are not inserted twice. Set on every assignment.
+    stored_ahead: set[tuple[int, int, int]] = set()
 
     def admit(messages: list[Any]) -> list[Any]:
         """The messages of a batch to process now; the caller holds the checkpoint lock."""
@@ -258,7 +262,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
                     [
                         event_row(event, *event["_src"])
                         for event in folded.applied
-                        if event["_src"][1] > written_upto.get(event["_src"][0], -1)
+                        if event["_src"] not in stored_ahead
                     ],
                 )
                 await stage_clock.emit(folded.transitions + stage_clock.advance(folded.applied))
@@ -278,10 +282,13 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
             await checkpoint.hand_over(timeout_s=app.conf.broker_session_timeout / 2)
 
     @app.on_partitions_assigned.connect
-    async def on_assigned(_app: Any, _assigned: set[Any], **_: Any) -> None:
+    async def on_assigned(_app: Any, assigned: set[Any], **_: Any) -> None:
+        owned = {tp.partition for tp in assigned if tp.topic == by_account_topic.get_topic_name()}
+        lags = await group_lag(settings.kafka_bootstrap, settings.app_id, [by_account_topic.get_topic_name()])
+        committed = {item.partition: item.committed for item in lags if item.partition in owned}
         async with checkpoint.lock:
-            written_upto.clear()
-            written_upto.update(_written_offsets(client))
+            stored_ahead.clear()
+            stored_ahead.update(await asyncio.to_thread(stored_event_positions, client, committed))
 
     registry = CollectorRegistry()
     setup_prometheus_sensors(app, registry=registry, name_prefix="faust")  # Faust's own, plus /metrics
@@ -356,13 +363,3 @@ def _reason_headers(message: Any, rejection: Any) -> list[tuple[str, bytes]]:
         ("abm.partition", str(message.partition).encode()),
         ("abm.offset", str(message.offset).encode()),
     ]
-
-
-def _written_offsets(client: Client) -> dict[int, int]:
-    """Highest by-account offset per partition whose events are already in ClickHouse.
-
-    Rows are inserted before offsets are committed, so after a crash some redelivered
-    events may already be stored: these are not inserted twice.
-    """
-    rows = client.query("SELECT src_partition, max(src_offset) FROM events GROUP BY src_partition").result_rows
-    return {int(partition): int(offset) for partition, offset in rows}

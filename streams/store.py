@@ -142,6 +142,21 @@ def open_store(settings: Settings) -> Client:
     return client
 
 
+def stored_event_positions(client: Client, from_offsets: dict[int, int]) -> set[tuple[int, int, int]]:
+    """The (by-account partition, offset, index) of the event rows stored at or past the
+    given offset of each partition (-1: the group committed nothing there yet).
+
+    Rows are inserted before offsets are committed, and an insert spanning several
+    monthly partitions can be cut off half-way: past the committed offset, exactly these
+    rows are stored, whatever their order.
+    """
+    if not from_offsets:
+        return set()
+    where = " OR ".join(f"(src_partition = {int(p)} AND src_offset >= {max(int(o), 0)})" for p, o in sorted(from_offsets.items()))
+    rows = client.query(f"SELECT src_partition, src_offset, src_index FROM events WHERE {where}").result_rows
+    return {(int(p), int(o), int(i)) for p, o, i in rows}
+
+
 def data_location(settings: Settings) -> str:
     """Where the data lives, for humans: the server without its credentials, or the chDB path."""
     if settings.clickhouse_url:

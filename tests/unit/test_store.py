@@ -379,3 +379,25 @@ def test_retention_expires_raw_events_and_keeps_their_aggregates(database_client
     db.command("OPTIMIZE TABLE events FINAL")
     assert db.query("SELECT event_id FROM events").result_rows == [("new",)]
     assert db.query("SELECT sum(events), uniqExactMerge(contacts) FROM account_daily_engagement").result_rows == [(2, 2)]
+
+
+# ------------------------------------------------------------------------ restart guard
+
+
+def test_stored_event_positions_are_exactly_the_rows_past_the_committed_offsets(database_client):
+    db = database_client()
+    apply_migrations(db)
+    columns = ["event_id", "type", "account_id", "occurred_at", "src_partition", "src_offset", "src_index"]
+    jan, mar = datetime(2026, 1, 5, tzinfo=timezone.utc), datetime(2026, 3, 5, tzinfo=timezone.utc)
+    # partition 1: committed up to offset 10; of the uncommitted message 11 only the March
+    # part of a January+March insert is stored (cut off half-way), and message 12 whole
+    db.insert("events", [
+        ["a", "page_view", "acc", jan, 1, 9, 0],
+        ["b", "page_view", "acc", mar, 1, 11, 1],
+        ["c", "page_view", "acc", mar, 1, 12, 0],
+        ["d", "page_view", "acc", jan, 2, 4, 0],
+        ["e", "page_view", "acc", jan, 3, 0, 0],
+    ], column_names=columns)
+    assert store.stored_event_positions(db, {1: 10, 2: 5}) == {(1, 11, 1), (1, 12, 0)}
+    assert store.stored_event_positions(db, {3: -1}) == {(3, 0, 0)}  # nothing committed yet: all of it
+    assert store.stored_event_positions(db, {}) == set()
