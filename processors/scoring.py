@@ -6,7 +6,8 @@ event is folded in with one multiplication whether it is in order or late.
 
 w_i = the type's weight x the contact's seniority multiplier; a privacy-proxy open
 weighs 0. Per contact, UTC day and capped type only the day's earliest ``cap`` events
-count: a late event earlier than a counted one takes its place (the replaced one's
+count (at equal times the heavier first, so that which ones count never depends on the
+arrival order): a late event earlier than a counted one takes its place (the replaced one's
 contribution is subtracted), so the score is the same in any arrival order as long as
 the day's counted times are remembered (``cap_memory_ms`` behind the newest event).
 
@@ -175,20 +176,26 @@ def _add(state: AccountState, weight: float, at: int, config: ScoringConfig) -> 
 
 
 def _count_capped(state: AccountState, key: str, cap: int, at: int, weight: float, config: ScoringConfig) -> None:
-    """Keeps the day's ``cap`` earliest events of the contact and type counted."""
+    """Keeps the day's ``cap`` first events of the contact and type (in ``_cap_order``) counted."""
     counted = state.capped.get(key)
     if counted is None:
         state.capped[key] = [[at, weight]]
     elif len(counted) < cap:
         counted.append([at, weight])
     else:
-        latest = max(counted)
-        if at >= latest[0]:  # in event-time order it would have come after the cap
+        latest = max(counted, key=_cap_order)
+        if _cap_order([at, weight]) >= _cap_order(latest):  # in that order it comes after the cap
             return
         counted.remove(latest)
         _add(state, -latest[1], int(latest[0]), config)
         counted.append([at, weight])
     _add(state, weight, at, config)
+
+
+def _cap_order(counted: list[float]) -> tuple[float, float]:
+    """Earliest first; at equal times the heavier first (equal keys weigh the same)."""
+    at, weight = counted
+    return at, -weight
 
 
 def _prune(state: AccountState, today: int, config: ScoringConfig) -> None:

@@ -348,8 +348,16 @@ def test_skipping_evaluation_for_events_that_cannot_move_up_changes_nothing(item
     finally:
         processors.accounts.may_move_up = original
     end = T0 + 400 * DAY_MS
-    assert lean_transitions + fall_back_until(lean, end, RULES, CONFIG) == full_transitions + fall_back_until(full, end, RULES, CONFIG)
-    assert (lean.stage, lean.stage_since_ms) == (full.stage, full.stage_since_ms)
+    lean_transitions += fall_back_until(lean, end, RULES, CONFIG)
+    full_transitions += fall_back_until(full, end, RULES, CONFIG)
+    # The paths re-base the decayed score at different times: float rounding may move a
+    # computed fall-back instant by a millisecond, nothing else.
+    assert [dataclasses.replace(t, at_ms=0, score=0.0) for t in lean_transitions] == [
+        dataclasses.replace(t, at_ms=0, score=0.0) for t in full_transitions
+    ]
+    for a, b in zip(lean_transitions, full_transitions):
+        assert abs(a.at_ms - b.at_ms) <= 1 and math.isclose(a.score, b.score, rel_tol=1e-9)
+    assert lean.stage == full.stage and abs(lean.stage_since_ms - full.stage_since_ms) <= 1
 
 
 @settings(max_examples=100)
