@@ -77,7 +77,6 @@ class ClickHouseHttpFront:
         self._client = client
         self._credentials = credentials
         self._lock = threading.Lock()  # one statement at a time on the handle
-        self.statements = 0
 
     def application(self) -> web.Application:
         app = web.Application(client_max_size=1 << 30)
@@ -115,7 +114,6 @@ class ClickHouseHttpFront:
             message = str(exc)
             code = _ERROR_CODE.search(message)
             return _error(500, int(code.group(1)) if code else 0, message)
-        self.statements += 1
         headers = {"X-ClickHouse-Timezone": "UTC", "X-ClickHouse-Summary": '{"read_rows":"0","written_rows":"0"}'}
         if "query_id" in params:
             headers["X-ClickHouse-Query-Id"] = params["query_id"]

@@ -46,7 +46,7 @@ def open_read_only_client(settings: Settings) -> Client:
     other handles are unaffected."""
     if settings.clickhouse_url:
         raise ValueError("a read-only handle is for the embedded store; a server has its own users and profiles")
-    client = clickhouse_connect.get_client(dsn=f"chdb://{settings.chdb_path}")
+    client = open_client(settings)  # a new handle on the same engine
     client.command("SET readonly = 1")
     return client
 
