@@ -22,6 +22,7 @@ from itertools import repeat
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
@@ -93,7 +94,7 @@ class BatchConsumer(AIOKafkaConsumer):
                     if self.flow_active:
                         await self._deliver(records, active)
                     else:  # a rebalance began: the fetch is stale, resume from the commits
-                        await self.perform_seek()
+                        await self._seek_back_to_committed()
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if not self.transport.app.should_stop:
@@ -103,6 +104,15 @@ class BatchConsumer(AIOKafkaConsumer):
                 raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _seek_back_to_committed(self) -> None:
+        # The assignment can change under the seek (a partition revoked meanwhile). That
+        # is harmless: table recovery seeks every newly assigned partition to its
+        # committed offset before the flow resumes, so only a crash here would hurt.
+        try:
+            await self.perform_seek()
+        except KafkaError as exc:  # IllegalStateError: no current assignment for a partition
+            self.log.warning("Seek back to committed offsets deferred to recovery: %r", exc)
 
     async def _deliver(self, records: dict[TP, list[Any]], active: set[TP] | None) -> None:
         generation = self.app.consumer_generation_id
