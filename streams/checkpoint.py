@@ -1,15 +1,21 @@
 """The checkpoint: the one place that owns the commit protocol.
 
 Agents process batches into memory (sink buffers, account states, produced messages)
-and hand the consumed Kafka messages to the checkpoint. Only a checkpoint makes that work
-durable, in this order:
+and hand the consumed Kafka messages to the checkpoint. A checkpoint first takes, in one
+instant under the agents' lock, everything they did since the previous one (a
+``CheckpointBatch``), then makes it durable in this order:
 
   1. flush the ClickHouse sink (account rows of the changed states included);
   2. write the changed account states to the table store and its changelog topic;
   3. flush the producer (forwarded events, dead letters, changelog messages);
-  4. acknowledge the consumed events and commit their offsets.
+  4. commit the offsets of the consumed events.
 
-An offset is therefore committed only once everything derived from it is stored.
+An offset is therefore committed only once everything derived from it is stored. The
+four steps run while the agents go on with the next batches (they wait for ClickHouse,
+the broker and a thread, not for Python), but at most one checkpoint is in flight: the
+next one waits for it before taking, so the steps of consecutive checkpoints never
+interleave and a stalled store stops the agents within one interval.
+
 Nothing is acknowledged to Faust, so its own commits (on rebalance or stop) have nothing
 to commit; its periodic commit timer is switched off in streams.app.
 """
@@ -22,13 +28,24 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from streams.offsets import OffsetGuard
-from streams.sink import ClickHouseSink
-from streams.state import AccountStates
+from streams.sink import ClickHouseSink, TableBuffer
+from streams.state import AccountStates, StateChange
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class CheckpointBatch:
+    """What one checkpoint makes durable, taken at one instant."""
+
+    messages: list[Any]  # consumed Kafka messages, their offsets to commit
+    rows: dict[str, TableBuffer]  # ClickHouse rows by table
+    states: list[StateChange]  # changed account states as bytes
+    processed: dict[Any, int]  # the OffsetGuard's extent, committed with the offsets
 
 
 class Checkpoint:
@@ -49,7 +66,8 @@ class Checkpoint:
         self._account_rows = account_rows
         self._max_rows = max_rows
         self._interval_s = interval_s
-        self._pending: list[Any] = []  # consumed Kafka messages not yet committed
+        self._pending: list[Any] = []  # consumed Kafka messages not yet taken by a checkpoint
+        self._in_flight: asyncio.Task[None] | None = None  # the checkpoint being made durable
         self._started_at = time.monotonic()
         self.lock = asyncio.Lock()  # agents hold it while they change pending work
         self.closed = False  # set by the final checkpoint: no more work may start
@@ -63,36 +81,61 @@ class Checkpoint:
     def pending_events(self) -> int:
         return len(self._pending)
 
+    def _has_work(self) -> bool:
+        # changed states alone too: fall-backs and held events the watermark settled
+        return bool(self._pending or self._sink.pending_rows or self._states.changed)
+
     def due(self) -> bool:
-        return bool(self._pending or self._sink.pending_rows) and (
+        return self._has_work() and (
             self._sink.pending_rows >= self._max_rows
             or time.monotonic() - self._started_at >= self._interval_s
         )
 
     async def commit(self) -> None:
-        """Run the protocol; the caller holds ``lock``."""
-        pending, self._pending = self._pending, []
-        if not pending and not self._sink.pending_rows:
-            return
-        # 1. flush the ClickHouse sink
+        """Make everything done so far durable, and wait for it; the caller holds ``lock``."""
+        await self._start()
+        await self._finish_in_flight()
+
+    async def commit_if_due(self) -> None:
+        """Start a checkpoint if one is due; the caller holds ``lock``."""
+        if self.due():
+            await self._start()
+        elif self._in_flight is not None and self._in_flight.done():
+            await self._finish_in_flight()  # its failure surfaces here, in an agent
+
+    async def _start(self) -> None:
+        await self._finish_in_flight()
+        batch = self._take()
+        if batch is not None:
+            self._in_flight = asyncio.create_task(self._make_durable(batch), name="checkpoint")
+
+    async def _finish_in_flight(self) -> None:
+        task, self._in_flight = self._in_flight, None
+        if task is not None:
+            await task
+
+    def _take(self) -> CheckpointBatch | None:
+        self._started_at = time.monotonic()
+        if not self._has_work():
+            return None
         self._sink.add("account_scores", self._account_rows(self._states))
+        messages, self._pending = self._pending, []
+        return CheckpointBatch(messages, self._sink.take(), self._states.take_changes(), self.guard.processed())
+
+    async def _make_durable(self, batch: CheckpointBatch) -> None:
+        # 1. flush the ClickHouse sink
         # rows from no consumed event (re-resolutions) are inserted once: no retry token needed
-        await self._sink.flush(_dedup_token(pending) if pending else uuid.uuid4().hex)
+        await self._sink.write(batch.rows, _dedup_token(batch.messages) if batch.messages else uuid.uuid4().hex)
         # 2. write state changelogs
-        self._states.write_changelogs()
+        self._states.write(batch.states)
         # 3. flush the producer
         await self._app.producer.flush()
         # 4. commit the offsets of the consumed messages
-        if pending:
-            await self._app.consumer._commit(next_offsets(pending))
-        self.guard.mark_committed()
+        if batch.messages:
+            await self._app.consumer._commit(next_offsets(batch.messages))
+        self.guard.mark_committed(batch.processed)
         self.commits += 1
         self.last_commit_at = time.time()
-        self._started_at = time.monotonic()
-
-    async def commit_if_due(self) -> None:
-        if self.due():
-            await self.commit()
 
     async def close(self) -> None:
         """The final checkpoint on shutdown; the caller holds ``lock``.
@@ -120,6 +163,9 @@ class Checkpoint:
 
     def abandon(self) -> None:
         """Forget uncommitted work; its events will be redelivered."""
+        if self._in_flight is not None:
+            self._in_flight.cancel()
+            self._in_flight = None
         self._pending = []
         self._sink.discard()
         self._states.forget()

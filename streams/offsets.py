@@ -47,8 +47,13 @@ class OffsetGuard:
                 admitted.fresh.append(message)
         return admitted
 
-    def mark_committed(self) -> None:
-        self._committed = dict(self._processed)
+    def processed(self) -> dict[Any, int]:
+        """Per partition, the last offset let through so far (a checkpoint's extent)."""
+        return dict(self._processed)
+
+    def mark_committed(self, processed: dict[Any, int]) -> None:
+        """A checkpoint taken when ``processed()`` was this has committed."""
+        self._committed = processed
 
     def reset_to_committed(self) -> None:
         self._processed = dict(self._committed)

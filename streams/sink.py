@@ -1,8 +1,9 @@
 """The ClickHouse sink: rows buffered per table, inserted in one call per table.
 
-Only the checkpoint calls ``flush``. A failing insert is retried with backoff until it
-succeeds: while it retries the checkpoint waits, nothing is acknowledged and the agents
-stop taking events, so memory stays bounded and nothing is lost or committed early.
+Only the checkpoint takes rows out and writes them. A failing insert is retried with
+backoff until it succeeds: while it retries nothing is acknowledged, and once the next
+checkpoint is due the agents stop taking events (it waits for this one), so memory stays
+bounded and nothing is lost or committed early.
 """
 
 from __future__ import annotations
@@ -77,19 +78,27 @@ class ClickHouseSink:
         for buffer in self._buffers.values():
             buffer.rows.clear()
 
-    async def flush(self, dedup_token: str) -> int:
-        """Insert every buffered row; one insert per table, retried until it succeeds."""
+    def take(self) -> dict[str, TableBuffer]:
+        """The buffered rows, handed over whole; buffering starts afresh."""
+        taken = {name: buffer for name, buffer in self._buffers.items() if buffer.rows}
+        for name, buffer in taken.items():
+            self._buffers[name] = TableBuffer(buffer.columns)
+        return taken
+
+    async def write(self, taken: dict[str, TableBuffer], dedup_token: str) -> int:
+        """Insert rows taken from the buffers; one insert per table, retried until it succeeds."""
         written = 0
-        for table, buffer in self._buffers.items():
-            if not buffer.rows:
-                continue
+        for table, buffer in taken.items():
             await self._insert_with_retry(table, buffer, f"{dedup_token}:{table}")
             written += len(buffer.rows)
             if self._on_written is not None:
                 self._on_written(table, buffer.rows)
-            buffer.rows = []
         self.stats.rows_written += written
         return written
+
+    async def flush(self, dedup_token: str) -> int:
+        """Insert every buffered row."""
+        return await self.write(self.take(), dedup_token)
 
     async def _insert_with_retry(self, table: str, buffer: TableBuffer, token: str) -> None:
         backoff = 0.1

@@ -3,10 +3,13 @@ store and changelog) once per checkpoint, never once per event."""
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Any
 
 from processors.identity import account_partition
 from processors.scoring import AccountState
+
+StateChange = tuple[int, bytes, bytes]  # partition, key, the state's bytes
 
 
 class AccountStates:
@@ -31,21 +34,33 @@ class AccountStates:
         self._dirty.add(account_id)
         return state
 
+    @property
+    def changed(self) -> int:
+        """Accounts changed since the last ``take_changes``."""
+        return len(self._dirty)
+
     def dirty_states(self) -> list[AccountState]:
         return [self._cache[account_id] for account_id in self._dirty]
 
-    def write_changelogs(self) -> int:
-        """Write every changed state to the table's store and changelog topic."""
-        for account_id in self._dirty:
-            key = account_id.encode()
-            value = self._cache[account_id].to_bytes()
-            partition = account_partition(account_id, self._partitions)
+    def take_changes(self) -> list[StateChange]:
+        """The changed states as they are now, to be written by ``write``.
+
+        Called when the previous changes are written, so every clean state is in the
+        store and may leave memory; changed ones stay until their bytes are written.
+        """
+        self._evict_clean()
+        changes = [
+            (account_partition(account_id, self._partitions), account_id.encode(), self._cache[account_id].to_bytes())
+            for account_id in self._dirty
+        ]
+        self._dirty.clear()
+        return changes
+
+    def write(self, changes: list[StateChange]) -> None:
+        """To the table's store and changelog topic."""
+        for partition, key, value in changes:
             _put_in_store(self._table, partition, key, value)
             self._table.send_changelog(partition, key, value)
-        written = len(self._dirty)
-        self._dirty.clear()
-        self._evict_clean()
-        return written
 
     def forget(self) -> None:
         """Drop the in-memory copies: after a revocation the table is the truth again."""
@@ -53,10 +68,11 @@ class AccountStates:
         self._dirty.clear()
 
     def _evict_clean(self) -> None:
-        # All entries are clean right after a checkpoint; drop the oldest-inserted.
+        # Oldest-inserted first.
         excess = len(self._cache) - self._max_cached
         if excess > 0:
-            for account_id in list(self._cache)[:excess]:
+            clean = (account_id for account_id in self._cache if account_id not in self._dirty)
+            for account_id in list(islice(clean, excess)):
                 del self._cache[account_id]
 
 

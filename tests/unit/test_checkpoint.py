@@ -1,0 +1,194 @@
+"""The checkpoint's protocol: what one checkpoint takes, the order it makes it durable in,
+and that the agents go on meanwhile. The ClickHouse side is the real embedded engine;
+Kafka's side is a recorder of the calls the checkpoint makes (the kill -9, outage and
+rebalance tests in tests/integration run the same protocol against the real broker)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import clickhouse_connect
+import pytest
+from clickhouse_connect.driver.client import Client
+
+from processors.scoring import AccountState
+from streams.checkpoint import Checkpoint
+from streams.offsets import OffsetGuard
+from streams.sink import ClickHouseSink
+from streams.state import AccountStates
+
+TP = ("events.by-account", 0)
+
+
+class KafkaSide:
+    """The producer, consumer and table changelog as the checkpoint sees them, recording
+    each call in one journal; the producer's flush waits until ``flushes`` is set."""
+
+    def __init__(self, journal: list[str]) -> None:
+        self.journal = journal
+        self.flushes = asyncio.Event()
+        self.commits: list[dict[Any, int]] = []
+        self.data: dict[bytes, bytes] = {}  # the table's store
+        self.changelog: list[tuple[bytes, bytes]] = []
+
+    async def flush(self) -> None:
+        await self.flushes.wait()
+        self.journal.append("producer flushed")
+
+    async def _commit(self, offsets: dict[Any, int]) -> bool:
+        self.journal.append(f"committed {offsets[TP]}")
+        self.commits.append(offsets)
+        return True
+
+    def send_changelog(self, partition: int, key: bytes, value: bytes) -> None:
+        self.journal.append(f"changelog {key.decode()}")
+        self.changelog.append((key, value))
+
+
+@pytest.fixture
+def store(tmp_path) -> Iterator[Client]:
+    client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path}")
+    client.command("CREATE TABLE handled (offset UInt64) ENGINE = MergeTree ORDER BY offset")
+    client.command("CREATE TABLE account_scores (account_id String, events UInt64) ENGINE = MergeTree ORDER BY account_id")
+    yield client
+    client.close()
+
+
+def protocol(store: Client) -> tuple[Checkpoint, AccountStates, ClickHouseSink, KafkaSide, list[str]]:
+    journal: list[str] = []
+    kafka = KafkaSide(journal)
+    app = SimpleNamespace(
+        producer=kafka,
+        consumer=SimpleNamespace(_commit=kafka._commit, assignment=lambda: {TP}),
+        consumer_generation_id=1,
+        flow_control=SimpleNamespace(is_active=lambda: True),
+    )
+    sink = ClickHouseSink(store, {"handled": ("offset",), "account_scores": ("account_id", "events")})
+    original_write = sink.write
+
+    async def journaled_write(taken: Any, token: str) -> int:
+        written = await original_write(taken, token)
+        journal.append("inserted " + ",".join(sorted(taken)))
+        return written
+
+    sink.write = journaled_write  # type: ignore[method-assign]
+    states = AccountStates(SimpleNamespace(data=kafka.data, send_changelog=kafka.send_changelog), partitions=1, max_cached=10)
+    checkpoint = Checkpoint(
+        app,
+        sink,
+        states,
+        OffsetGuard(app),
+        lambda s: [(state.account_id, state.events_total) for state in s.dirty_states()],
+        max_rows=1_000,
+        interval_s=0.0,  # always due
+    )
+    return checkpoint, states, sink, kafka, journal
+
+
+def consume(checkpoint: Checkpoint, states: AccountStates, sink: ClickHouseSink, offsets: range) -> None:
+    """What an agent does with a batch: admit, change state, buffer rows, hand over."""
+    fresh = checkpoint.guard.admit([SimpleNamespace(tp=TP, offset=o, generation_id=1, topic=TP[0], partition=0) for o in offsets]).fresh
+    states.state_for("acme").events_total += len(fresh)
+    sink.add("handled", [(message.offset,) for message in fresh])
+    checkpoint.track(fresh)
+
+
+async def until(condition: Any, timeout_s: float = 20.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def handled(store: Client) -> list[int]:
+    return [row[0] for row in store.query("SELECT offset FROM handled ORDER BY offset").result_rows]
+
+
+def test_agents_go_on_while_a_checkpoint_is_made_durable_and_it_commits_only_what_it_took(store):
+    async def scenario() -> None:
+        checkpoint, states, sink, kafka, journal = protocol(store)
+        async with checkpoint.lock:
+            consume(checkpoint, states, sink, range(0, 3))
+            await checkpoint.commit_if_due()  # takes offsets 0-2; their flush waits
+        await until(lambda: len(journal) == 2)
+        assert journal == ["inserted account_scores,handled", "changelog acme"]
+        async with checkpoint.lock:  # not held by the checkpoint in flight
+            consume(checkpoint, states, sink, range(3, 5))
+        kafka.flushes.set()
+        async with checkpoint.lock:
+            await checkpoint.commit()  # waits for the first, then makes offsets 3-4 durable
+        assert journal == [
+            "inserted account_scores,handled", "changelog acme", "producer flushed", "committed 3",
+            "inserted account_scores,handled", "changelog acme", "producer flushed", "committed 5",
+        ]
+        # each changelog write holds the state as it was taken, not as it became later
+        assert [AccountState.from_bytes(value).events_total for _, value in kafka.changelog] == [3, 5]
+        assert AccountState.from_bytes(kafka.data[b"acme"]).events_total == 5
+        assert checkpoint.commits == 2
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert handled(store) == [0, 1, 2, 3, 4]
+    assert store.query("SELECT account_id, events FROM account_scores ORDER BY events").result_rows == [("acme", 3), ("acme", 5)]
+
+
+def test_a_checkpoint_due_while_one_is_in_flight_waits_for_it_holding_the_agents_back(store):
+    async def scenario() -> None:
+        checkpoint, states, sink, kafka, journal = protocol(store)
+        async with checkpoint.lock:
+            consume(checkpoint, states, sink, range(0, 2))
+            await checkpoint.commit_if_due()
+        async with checkpoint.lock:
+            consume(checkpoint, states, sink, range(2, 4))
+            second = asyncio.create_task(checkpoint.commit_if_due())
+            await asyncio.sleep(0.05)
+            assert not second.done() and "committed 2" not in journal  # backpressure: the store is slow
+            kafka.flushes.set()
+            await second
+            await checkpoint.commit()
+        assert journal[:4] == ["inserted account_scores,handled", "changelog acme", "producer flushed", "committed 2"]
+        assert journal[4] == "inserted account_scores,handled"  # the second starts after the first committed
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_an_abandoned_checkpoint_in_flight_commits_nothing_and_its_events_are_admitted_again(store):
+    async def scenario() -> None:
+        checkpoint, states, sink, kafka, journal = protocol(store)
+        async with checkpoint.lock:
+            consume(checkpoint, states, sink, range(0, 2))
+            kafka.flushes.set()
+            await checkpoint.commit()  # offsets 0-1 committed
+            kafka.flushes.clear()
+            consume(checkpoint, states, sink, range(2, 4))
+            await checkpoint.commit_if_due()  # its flush never ends
+            consume(checkpoint, states, sink, range(4, 6))
+            await until(lambda: "changelog acme" in journal[4:])
+            checkpoint.abandon()
+            await asyncio.sleep(0.05)
+        assert kafka.commits == [{TP: 2}]
+        assert states.cached == 0  # the table is the truth again
+        again = checkpoint.guard.admit([SimpleNamespace(tp=TP, offset=o, generation_id=1) for o in range(1, 6)])
+        assert [message.offset for message in again.fresh] == [2, 3, 4, 5]
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert handled(store) == [0, 1, 2, 3]  # the abandoned insert landed: the restart guard's case
+
+
+def test_a_state_changed_without_consumed_events_is_checkpointed(store):
+    """A fall-back the watermark settled on a timer, with no new event: its account row and
+    changelog entry must not wait for the next event."""
+
+    async def scenario() -> None:
+        checkpoint, states, sink, kafka, journal = protocol(store)
+        kafka.flushes.set()
+        async with checkpoint.lock:
+            states.state_for("acme").stage = "awareness"
+            assert checkpoint.due()
+            await checkpoint.commit()
+        assert journal == ["inserted account_scores", "changelog acme", "producer flushed"]
+        assert AccountState.from_bytes(kafka.data[b"acme"]).stage == "awareness"
+        assert not checkpoint.due()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
