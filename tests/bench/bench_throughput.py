@@ -1,7 +1,7 @@
 """Performance benchmark: the worker end to end against a bare aiokafka consumer.
 
     python -m tests.bench.bench_throughput [--events 200000] [--accounts 2000]
-        [--latency-s 20] [--state-accounts 0]
+        [--latency-s 20] [--latency-rate R] [--state-accounts 0]
 
 Starts its own broker, produces N simulated events, then measures on the same topics:
 
@@ -10,7 +10,7 @@ Starts its own broker, produces N simulated events, then measures on the same to
   end_to_end  a real `abm worker` process (embedded ClickHouse) from /readyz answering
               200 to the commit after which its consumer group lags by nothing, i.e.
               every event is in ClickHouse;
-  latency     live events (occurred_at = when sent) at half the end-to-end rate for
+  latency     live events (occurred_at = when sent) at half the end-to-end rate (or R) for
               --latency-s seconds: p50 and p99 of occurred_at to the row acknowledged by
               ClickHouse, from the worker's abm_event_latency_seconds histogram
               (interpolated within its buckets), and from receipt by the worker
@@ -166,7 +166,7 @@ def wait_ready(worker: WorkerProcess, timeout_s: float) -> None:
         time.sleep(0.05)
 
 
-def run(events: int, accounts: int, latency_s: float, state_accounts: int, workdir: Path) -> dict:
+def run(events: int, accounts: int, latency_s: float, state_accounts: int, workdir: Path, latency_rate: float | None = None) -> dict:
     kafka_port, controller_port, web_port = free_ports(3)
     settings = Settings(
         kafka_bootstrap=f"127.0.0.1:{kafka_port}",
@@ -201,7 +201,7 @@ def run(events: int, accounts: int, latency_s: float, state_accounts: int, workd
         total = events
 
         if latency_s > 0:
-            rate = end_to_end_eps / 2
+            rate = latency_rate or end_to_end_eps / 2
             paced = int(rate * latency_s)
             before = worker.metrics()
             asyncio.run(live_events(settings, accounts, rate, paced))
@@ -259,11 +259,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--accounts", type=int, default=2_000)
     parser.add_argument("--latency-s", type=float, default=20.0, help="seconds of live events at half the rate (0: skip)")
+    parser.add_argument("--latency-rate", type=float, default=None, help="events/s of the latency phase (default: half the end-to-end rate)")
     parser.add_argument("--state-accounts", type=int, default=0, help="then events for this many more accounts: memory, kill -9, recovery")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="abm-bench-"))
-    result = run(args.events, args.accounts, args.latency_s, args.state_accounts, workdir)
+    result = run(args.events, args.accounts, args.latency_s, args.state_accounts, workdir, args.latency_rate)
     if args.keep:
         result["workdir"] = str(workdir)
     else:

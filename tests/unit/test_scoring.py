@@ -302,6 +302,18 @@ def test_states_written_before_stages_had_rules_still_load():
     assert AccountState.from_bytes(state.to_bytes()) == state
 
 
+@given(
+    st.dictionaries(st.integers(0, 2**64 - 1), st.integers(0, 2**62), max_size=50),
+    st.dictionaries(st.integers(0, 40_000), st.dictionaries(st.sampled_from(["email_open", "page_view"]), st.integers(0, 10**6)), max_size=5),
+)
+def test_a_state_survives_its_bytes_whatever_its_event_ids_and_days(recent_ids, daily):
+    state = AccountState("a1", recent_ids=recent_ids, daily=daily, applied_upto=(3, 1))
+    restored = AccountState.from_bytes(state.to_bytes())
+    assert restored == state
+    assert list(restored.recent_ids) == list(recent_ids)  # in order: replays write identical bytes
+    assert restored.to_bytes() == state.to_bytes()
+
+
 def test_override_file_replaces_only_the_keys_it_sets(tmp_path):
     overrides = tmp_path / "rules.toml"
     overrides.write_text("[weights]\nemail_open = 0.5\n[stages.consideration]\nmin_contacts = 3\n")
