@@ -143,6 +143,13 @@ class WorkerProcess(AbmProcess):
                 return int(line.split()[1]) * 1024
         raise RuntimeError(f"no {field} in /proc status")
 
+    def cpu_seconds(self) -> float:
+        """CPU time the worker process has used so far, all threads, user and system: what
+        an event costs, whoever else shares the cores."""
+        assert self._process is not None
+        fields = Path(f"/proc/{self._process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
     def lag(self) -> int:
         from streams.topics import consumed_topics
 

@@ -15,6 +15,8 @@ Starts its own broker, produces N simulated events, then measures on the same to
               ClickHouse, from the worker's abm_event_latency_seconds histogram
               (interpolated within its buckets), and from receipt by the worker
               (abm_event_pipeline_latency_seconds);
+  cpu         the worker's CPU time (all threads) per event, in the backlog and the live
+              phase: comparable between runs on a shared machine, unlike the rates;
   memory      the worker's RSS after the run, and with --state-accounts A, after one
               event for each of A more accounts (RocksDB store), now and at its peak;
   recovery    with --state-accounts, the worker killed with SIGKILL and started again:
@@ -193,8 +195,9 @@ def run(events: int, accounts: int, latency_s: float, state_accounts: int, workd
 
         worker.start()
         wait_ready(worker, timeout_s=300)  # as for the floor, joining the group is not timed
-        ready = time.time()
+        ready, cpu_at_ready = time.time(), worker.cpu_seconds()
         worker.wait_drained(timeout_s=1800, poll_s=0.2)
+        result["worker_cpu_us_per_event"] = round((worker.cpu_seconds() - cpu_at_ready) / events * 1e6, 1)
         end_to_end_s = worker.status()["checkpoint"]["last_commit_at"] - ready  # the commit that drained it
         end_to_end_eps = events / end_to_end_s
         result["rss_mib"] = round(worker.rss_bytes() / 2**20)
@@ -203,10 +206,11 @@ def run(events: int, accounts: int, latency_s: float, state_accounts: int, workd
         if latency_s > 0:
             rate = latency_rate or end_to_end_eps / 2
             paced = int(rate * latency_s)
-            before = worker.metrics()
+            before, cpu_before = worker.metrics(), worker.cpu_seconds()
             asyncio.run(live_events(settings, accounts, rate, paced))
             worker.wait_drained(timeout_s=600, poll_s=0.2)
             after = worker.metrics()
+            result["live_worker_cpu_us_per_event"] = round((worker.cpu_seconds() - cpu_before) / paced * 1e6, 1)
             total += paced
             result["latency_rate_events_per_s"] = round(rate)
             for prefix, name in (("latency", "abm_event_latency_seconds"), ("in_worker_latency", "abm_event_pipeline_latency_seconds")):
