@@ -19,6 +19,7 @@ from typing import Any
 import faust
 import orjson
 from faust.sensors.prometheus import setup_prometheus_sensors
+from faust.types import TP
 from prometheus_client import CollectorRegistry
 from aiohttp.web import Response
 from clickhouse_connect.driver.client import Client
@@ -31,7 +32,7 @@ from processors.validation import Rejection
 from schemas.events import TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, source_topics
 from streams.checkpoint import Checkpoint
 from streams.directory import DirectoryFeed, contact_record
-from streams.fast_path import PulseApp
+from streams.fast_path import Fetched, PulseApp
 from streams.lag import group_lag, oldest_waiting_ms
 from streams.metrics import EventLatencies, LagSnapshot, PipelineCollector, PipelineStats
 from streams.offsets import OffsetGuard
@@ -41,7 +42,7 @@ from streams.settings import Settings
 from streams.sink import ACCOUNT_COLUMNS, DEAD_LETTER_COLUMNS, EVENT_COLUMNS, TRANSITION_COLUMNS, ClickHouseSink
 from streams.staging import StageClock
 from streams.state import AccountStates
-from streams.store import stored_event_positions
+from streams.store import dead_lettered_positions, stored_event_positions
 from streams.topics import consumed_topics
 from streams.unresolved import RESOLUTION_COLUMNS, UNRESOLVED_COLUMNS, pending_events, resolution_row, unresolved_row, waiting_domains
 
@@ -202,13 +203,26 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
             async with checkpoint.lock:
                 await reroute_waiting(keys)
 
+    # The directory topics are read in full at every start: a bad record is dead-lettered
+    # once, the first time (the dead_letters table remembers which were).
+    directory_topics = [settings.topic(TOPIC_ACCOUNTS), contacts_topic]
+    dead_lettered = dead_lettered_positions(client, directory_topics)
+
+    async def invalid_directory_record(record: Any, rejection: Rejection) -> None:
+        if (record.topic, record.partition, record.offset) in dead_lettered:
+            return
+        message = Fetched(TP(record.topic, record.partition), record, generation_id=0)
+        async with checkpoint.lock:
+            await dead_letter(message, rejection)
+            sink.add("dead_letters", [dead_letter_row(message, rejection.reason.value, rejection.message)])
+        dead_lettered.add((record.topic, record.partition, record.offset))
+
     feed = DirectoryFeed(
         settings.kafka_bootstrap,
-        settings.topic(TOPIC_ACCOUNTS),
-        contacts_topic,
+        *directory_topics,
         directory,
         on_keys_learned=directory_learned,
-        on_invalid=dead_letter,
+        on_invalid=invalid_directory_record,
     )
 
     @app.task

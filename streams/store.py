@@ -157,6 +157,15 @@ def stored_event_positions(client: Client, from_offsets: dict[int, int]) -> set[
     return {(int(p), int(o), int(i)) for p, o, i in rows}
 
 
+def dead_lettered_positions(client: Client, topics: list[str]) -> set[tuple[str, int, int]]:
+    """The (topic, partition, offset) of the messages of these topics already dead-lettered."""
+    rows = client.query(
+        "SELECT DISTINCT topic, partition, offset FROM dead_letters WHERE topic IN {topics:Array(String)}",
+        parameters={"topics": topics},
+    ).result_rows
+    return {(str(t), int(p), int(o)) for t, p, o in rows}
+
+
 def data_location(settings: Settings) -> str:
     """Where the data lives, for humans: the server without its credentials, or the chDB path."""
     if settings.clickhouse_url:

@@ -11,7 +11,7 @@ import time
 import orjson
 import pytest
 
-from schemas.events import EVENT_TYPES, TOPIC_ACCOUNTS, TOPIC_CONTACTS
+from schemas.events import EVENT_TYPES, TOPIC_ACCOUNTS, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS
 from streams.topics import prepare_topics
 from tests.integration.support import NO_LATENESS, consume_all, isolated_settings, produce, query, start_worker
 
@@ -49,6 +49,11 @@ def test_directory_domains_sticky_contacts_and_late_resolution(kafka_bootstrap, 
     def send_account(account_id: str, *domains: str) -> None:
         record = {"account_id": account_id, "name": account_id.title(), "domains": list(domains), "target": True, "tier": "1"}
         asyncio.run(produce(kafka_bootstrap, [(accounts, account_id.encode(), orjson.dumps(record))]))
+
+    # bad directory records: dead-lettered once, though every start reads them again
+    bad_records = [(accounts, b"acct-bad", b'{"account_id": 7}'), (settings.topic(TOPIC_CONTACTS), b"c-bad", b'{"contact_id": "c-bad"}')]
+    asyncio.run(prepare_topics(settings))
+    asyncio.run(produce(kafka_bootstrap, bad_records))
 
     worker = start_worker(settings, "first")
     try:
@@ -94,8 +99,14 @@ def test_directory_domains_sticky_contacts_and_late_resolution(kafka_bootstrap, 
     }
     scores = {r["account_id"]: r["events_total"] for r in query(settings, "SELECT account_id, events_total FROM account_scores FINAL")}
     assert scores == {"acct-known": 5, "acct-later": 2}
+    dead = asyncio.run(consume_all(kafka_bootstrap, settings.topic(TOPIC_DEAD_LETTERS), 2, timeout_s=10))
+    assert sorted((dict(m.headers)["abm.topic"].decode(), m.value) for m in dead) == sorted((t, v) for t, _, v in bad_records)
+    stored = query(settings, "SELECT topic, reason, payload FROM dead_letters FINAL ORDER BY topic")
+    assert [(r["topic"], r["reason"], r["payload"].encode()) for r in stored] == [
+        (accounts, "bad_field", b'{"account_id": 7}'), (settings.topic(TOPIC_CONTACTS), "missing_field", b'{"contact_id": "c-bad"}')
+    ]
     learned = asyncio.run(consume_all(kafka_bootstrap, settings.topic(TOPIC_CONTACTS), 1, timeout_s=10))
-    assert {orjson.loads(m.value)["account_id"] for m in learned} == {"acct-known", "acct-later"}
+    assert {orjson.loads(m.value)["account_id"] for m in learned if m.key != b"c-bad"} == {"acct-known", "acct-later"}
 
 
 def test_contact_titles_and_an_override_rules_file_weigh_events(kafka_bootstrap, tmp_path):
