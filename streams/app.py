@@ -136,7 +136,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
         interval_s=settings.checkpoint_interval_s,
     )
     guard = checkpoint.guard
-    stage_clock = StageClock(app, settings, table, states, checkpoint, sink, stats, config, rules)
+    stage_clock = StageClock(app, settings, states, checkpoint, sink, stats, config, rules)
     # Rows of this worker's by-account partitions already in ClickHouse past the committed
     # offsets (inserted by a checkpoint that died before its commit, possibly only in part):
     # their events come again and are not inserted twice. Set on every assignment.

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     batch_max_events: int = Field(5000, ge=1, description="most events an agent processes per batch")
     checkpoint_max_rows: int = Field(20000, ge=1, description="checkpoint when this many rows are buffered")
     state_cache_accounts: int = Field(50_000, ge=1, description="account states kept in memory between checkpoints")
+    schedule_accounts_per_partition: int = Field(
+        20_000, ge=1, description="accounts due soonest the fall-back schedule keeps in memory per partition; the rest are found by scanning"
+    )
     checkpoint_interval_s: float = Field(1.0, gt=0, description="checkpoint at least this often")
     log_format: Literal["text", "json"] = Field("text", description="worker logs: coloured text, or one JSON object per line")
     session_timeout_s: float = Field(

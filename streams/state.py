@@ -3,6 +3,7 @@ store and changelog) once per checkpoint, never once per event."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from processors.identity import account_partition
@@ -31,6 +32,15 @@ class AccountStates:
         self._dirty.add(account_id)
         return state
 
+    def states_in(self, partition: int) -> Iterator[AccountState]:
+        """Every state of the partition as it stands (those in memory from memory), read
+        without keeping them: for scans of all accounts."""
+        in_memory = [s for a, s in self._cache.items() if account_partition(a, self._partitions) == partition]
+        yield from in_memory
+        for key, raw in _stored_in(self._table, partition, self._partitions):
+            if key.decode() not in self._cache:
+                yield AccountState.from_bytes(raw)
+
     def dirty_states(self) -> list[AccountState]:
         return [self._cache[account_id] for account_id in self._dirty]
 
@@ -58,6 +68,14 @@ class AccountStates:
         if excess > 0:
             for account_id in list(self._cache)[:excess]:
                 del self._cache[account_id]
+
+
+def _stored_in(table: Any, partition: int, partitions: int) -> Iterator[tuple[bytes, bytes]]:
+    store = table.data
+    db_for_partition = getattr(store, "_db_for_partition", None)
+    if db_for_partition is None:  # one mapping for all partitions (memory store)
+        return ((key, raw) for key, raw in store.items() if account_partition(key.decode(), partitions) == partition)
+    return store._visible_items(db_for_partition(partition))  # skips Faust's offset key
 
 
 def _put_in_store(table: Any, partition: int, key: bytes, value: bytes) -> None:
