@@ -352,7 +352,7 @@ def rocksdb_options() -> dict[str, int]:
     """Memory caps of the state store, per partition's RocksDB (Faust's defaults allow
     3 x 64 MiB of memtables and a 2 GiB block cache each); the account states in use
     are in memory already (streams.state)."""
-    return {"write_buffer_size": 16 * 2**20, "max_write_buffer_number": 2, "block_cache_size": 16 * 2**20}
+    return {"write_buffer_size": 4 * 2**20, "max_write_buffer_number": 2, "block_cache_size": 16 * 2**20}
 
 
 def _reason_headers(message: Any, rejection: Any) -> list[tuple[str, bytes]]:
