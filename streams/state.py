@@ -33,8 +33,8 @@ class AccountStates:
         return state
 
     def states_in(self, partition: int) -> Iterator[AccountState]:
-        """Every state of the partition as it stands (those in memory from memory), read
-        without keeping them: for scans of all accounts."""
+        """Every state of the partition as it stands now (from memory where it is there,
+        else from the store), none of them kept: for scans over all accounts."""
         in_memory = [s for a, s in self._cache.items() if account_partition(a, self._partitions) == partition]
         yield from in_memory
         for key, raw in _stored_in(self._table, partition, self._partitions):
