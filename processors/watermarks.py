@@ -7,78 +7,139 @@ account's earliest held event (processors.accounts) or its fall-back time
 when it has no new events. The schedule indexes accounts by the earlier of those times,
 so advancing looks only at those due.
 
-Nothing here is persisted: after a restart or a rebalance the schedule is rebuilt from
-the partition's stored states (``note`` each), which also gives back the watermark.
+Memory is bounded: per partition only the ``capacity`` accounts due soonest are kept,
+up to a horizon (an order of (due time, account)); the accounts beyond it are found
+again by scanning the partition's states once the watermark reaches the horizon. With a
+million accounts, most of them due months ahead, the schedule holds a few percent.
+
+Nothing here is persisted: after a restart or a rebalance the schedule scans the
+partitions' stored states again, which also gives back the watermarks.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
 from processors.accounts import settle
 from processors.identity import account_partition
 from processors.scoring import AccountState, ScoringConfig
 from processors.stages import StageRules, StageTransition
 
+Entry = tuple[float, str]  # (due time, account): accounts of equal due times are ordered by id
+EVERYTHING: Entry = (math.inf, "")  # horizon of a partition whose due accounts are all kept
+UNSCANNED: Entry = (-math.inf, "")  # horizon of a partition not scanned yet: it keeps nothing
+
+
+@dataclass(slots=True)
+class _Partition:
+    horizon: Entry
+    latest: int = -1  # latest event time of its accounts
+    queue: list[Entry] = field(default_factory=list)  # heap; entries whose due time changed since are stale
+    due: dict[str, int] = field(default_factory=dict)  # account -> its due time in the queue
+
 
 class FallbackSchedule:
-    def __init__(self, partitions: int, lateness_ms: int) -> None:
+    def __init__(self, partitions: int, lateness_ms: int, capacity: int) -> None:
+        assert capacity >= 1
         self._partitions = partitions
         self._lateness_ms = lateness_ms
-        self._latest: dict[int, int] = {}  # partition -> latest event time of its accounts
-        self._queues: dict[int, list[tuple[int, str]]] = {}  # partition -> heap of (due time, account)
-        self._scheduled: dict[str, int] = {}  # account -> its due time in the heap (others are stale)
+        self._capacity = capacity
+        self._slack = max(1, capacity // 4)  # trimmed back to capacity when over by this much
+        self._by_partition: dict[int, _Partition] = {}
 
     def __len__(self) -> int:
-        return len(self._scheduled)
+        """Accounts kept in memory."""
+        return sum(len(p.due) for p in self._by_partition.values())
 
-    def clear(self) -> None:
-        self._latest.clear()
-        self._queues.clear()
-        self._scheduled.clear()
+    def reset(self, partitions: Iterable[int]) -> None:
+        """Forgets everything; the next ``settle_due`` scans these partitions' states."""
+        self._by_partition = {partition: _Partition(UNSCANNED) for partition in partitions}
 
     def watermark(self, partition: int) -> int | None:
-        latest = self._latest.get(partition)
-        return None if latest is None else latest - self._lateness_ms
+        held = self._by_partition.get(partition)
+        return None if held is None or held.latest < 0 else held.latest - self._lateness_ms
 
     def note(self, state: AccountState) -> None:
         """Takes in the account's latest event time and when it is due next."""
         partition = account_partition(state.account_id, self._partitions)
-        if state.latest_seen_ms > self._latest.get(partition, -1):
-            self._latest[partition] = state.latest_seen_ms
-        at = state.fallback_at_ms
-        if state.held and (at == 0 or state.held[0]["occurred_at_ms"] < at):
-            at = state.held[0]["occurred_at_ms"]
-        if self._scheduled.get(state.account_id, 0) == at:
+        # a partition never reset and never noted holds no states yet: nothing lies beyond
+        held = self._by_partition.setdefault(partition, _Partition(EVERYTHING))
+        held.latest = max(held.latest, state.latest_seen_ms)
+        at = _due_at(state)
+        if held.due.get(state.account_id, 0) == at:
             return
-        if at == 0:
-            del self._scheduled[state.account_id]
+        if at == 0 or (at, state.account_id) > held.horizon:
+            held.due.pop(state.account_id, None)  # found again by a scan when its time comes
             return
-        self._scheduled[state.account_id] = at
-        queue = self._queues.setdefault(partition, [])
-        heapq.heappush(queue, (at, state.account_id))
-        if len(queue) > 64 and len(queue) > 2 * len(self._scheduled):  # mostly stale: rebuild
-            self._queues[partition] = queue = [
-                (when, account) for when, account in queue if self._scheduled.get(account) == when
-            ]
-            heapq.heapify(queue)
+        held.due[state.account_id] = at
+        heapq.heappush(held.queue, (at, state.account_id))
+        if len(held.due) > self._capacity + self._slack:
+            self._keep_nearest(held, ((when, account) for account, when in held.due.items()))
+        elif len(held.queue) > 64 and len(held.queue) > 2 * len(held.due):  # mostly stale: rebuild
+            held.queue = [(when, account) for account, when in held.due.items()]
+            heapq.heapify(held.queue)
 
     def settle_due(
-        self, state_for: Callable[[str], AccountState], rules: StageRules, config: ScoringConfig
+        self,
+        state_for: Callable[[str], AccountState],
+        states_in: Callable[[int], Iterable[AccountState]],
+        rules: StageRules,
+        config: ScoringConfig,
     ) -> list[StageTransition]:
-        """Settles the accounts the watermarks have passed, in each partition's time order."""
+        """Settles the accounts the watermarks have passed, in each partition's time order.
+        ``states_in(partition)`` gives every state of a partition as it stands now, for
+        the scans."""
         transitions = []
-        for partition in self._queues:
+        for partition, held in self._by_partition.items():
+            if held.horizon == UNSCANNED:
+                self._scan(held, states_in(partition))
             mark = self.watermark(partition)
-            assert mark is not None  # an account was noted in it
-            # note() may replace the partition's heap by a compacted one
-            while (queue := self._queues[partition]) and queue[0][0] <= mark:
-                at, account_id = heapq.heappop(queue)
-                if self._scheduled.get(account_id) != at:
-                    continue  # re-evaluated since: a later entry stands for it
-                del self._scheduled[account_id]
-                state = state_for(account_id)
-                transitions.extend(settle(state, mark, config, rules))
-                self.note(state)
+            if mark is None:
+                continue  # no events in it yet
+            while True:
+                # note() may replace the partition's heap by a compacted one
+                while held.queue and held.queue[0][0] <= mark:
+                    at, account_id = heapq.heappop(held.queue)
+                    if held.due.get(account_id) != at:
+                        continue  # re-evaluated since: a later entry stands for it
+                    del held.due[account_id]
+                    state = state_for(account_id)
+                    transitions.extend(settle(state, mark, config, rules))
+                    self.note(state)
+                if held.horizon[0] > mark:
+                    break
+                self._scan(held, states_in(partition))  # accounts beyond the horizon may be due
         return transitions
+
+    def _scan(self, held: _Partition, states: Iterable[AccountState]) -> None:
+        def entries() -> Iterator[Entry]:
+            for state in states:
+                held.latest = max(held.latest, state.latest_seen_ms)
+                at = _due_at(state)
+                if at:
+                    yield at, state.account_id
+
+        self._keep_nearest(held, entries())
+
+    def _keep_nearest(self, held: _Partition, entries: Iterable[Entry]) -> None:
+        """Keeps the ``capacity`` nearest of the partition's entries (all of them when
+        they are no more); the horizon moves to the last one kept."""
+        nearest = heapq.nsmallest(self._capacity + 1, entries)  # sorted: a valid heap
+        if len(nearest) > self._capacity:
+            del nearest[self._capacity :]
+            held.horizon = nearest[-1]
+        else:
+            held.horizon = EVERYTHING
+        held.queue = nearest
+        held.due = {account: int(at) for at, account in nearest}
+
+
+def _due_at(state: AccountState) -> int:
+    """When the account must next be settled: its earliest held event or its fall-back; 0 = never."""
+    at = state.fallback_at_ms
+    if state.held and (at == 0 or state.held[0]["occurred_at_ms"] < at):
+        at = state.held[0]["occurred_at_ms"]
+    return at

@@ -53,7 +53,12 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, ge=1, le=65535, description="worker web server port (/metrics, status)")
     batch_max_events: int = Field(5000, ge=1, description="most events an agent processes per batch")
     checkpoint_max_rows: int = Field(20000, ge=1, description="checkpoint when this many rows are buffered")
-    state_cache_accounts: int = Field(50_000, ge=1, description="account states kept in memory between checkpoints")
+    state_cache_accounts: int = Field(
+        10_000, ge=1, description="account states kept in memory between checkpoints (~2 KiB each); the others are read from RocksDB when touched"
+    )
+    schedule_accounts_per_partition: int = Field(
+        20_000, ge=1, description="accounts due soonest the fall-back schedule keeps in memory per partition; the rest are found by scanning"
+    )
     checkpoint_interval_s: float = Field(1.0, gt=0, description="checkpoint at least this often")
     log_format: Literal["text", "json"] = Field("text", description="worker logs: coloured text, or one JSON object per line")
     session_timeout_s: float = Field(

@@ -6,9 +6,9 @@ Transitions go to ClickHouse and
 to the stage-transitions topic through the app's producer, flushed by the checkpoint
 (step 3) before the offsets that caused them are committed.
 
-The schedule lives in memory and is rebuilt from the table's stored states of the
-partitions this worker owns whenever an assignment changes (and at start); fall-backs
-already due then are applied without waiting for new events.
+The schedule lives in memory, bounded (the accounts due soonest per partition), and
+scans the states of the partitions this worker owns whenever an assignment changes (and
+at start); fall-backs already due then are applied without waiting for new events.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from processors.identity import account_partition
-from processors.scoring import AccountState, ScoringConfig
+from processors.scoring import ScoringConfig
 from processors.stages import StageRules, StageTransition
 from processors.watermarks import FallbackSchedule
 from schemas.events import TOPIC_BY_ACCOUNT, TOPIC_STAGE_TRANSITIONS
@@ -35,7 +34,6 @@ class StageClock:
         self,
         app: Any,
         settings: Settings,
-        table: Any,
         states: AccountStates,
         checkpoint: Checkpoint,
         sink: ClickHouseSink,
@@ -44,17 +42,19 @@ class StageClock:
         rules: StageRules,
     ) -> None:
         self._app = app
-        self._table = table
         self._states = states
         self._checkpoint = checkpoint
         self._sink = sink
         self._stats = stats
         self._config = config
         self._rules = rules
-        self._partitions = settings.topic_partitions
         self._source_topic = settings.topic(TOPIC_BY_ACCOUNT)
         self._transitions_topic = settings.topic(TOPIC_STAGE_TRANSITIONS)
-        self.schedule = FallbackSchedule(settings.topic_partitions, int(settings.watermark_lateness_minutes * 60_000))
+        self.schedule = FallbackSchedule(
+            settings.topic_partitions,
+            int(settings.watermark_lateness_minutes * 60_000),
+            capacity=settings.schedule_accounts_per_partition,
+        )
         self._stale = True
 
         @app.on_partitions_assigned.connect
@@ -75,10 +75,10 @@ class StageClock:
         """Settles what is due once the batch's events moved the watermarks; the caller
         holds the checkpoint lock."""
         if self._stale:
-            self._rebuild()
+            self._rescan()
         for account_id in {event["account_id"] for event in applied}:
             self.schedule.note(self._states.state_for(account_id))
-        return self.schedule.settle_due(self._states.state_for, self._rules, self._config)
+        return self.schedule.settle_due(self._states.state_for, self._states.states_in, self._rules, self._config)
 
     async def emit(self, transitions: list[StageTransition]) -> None:
         """To ClickHouse (buffered) and Kafka; the caller holds the checkpoint lock."""
@@ -91,12 +91,9 @@ class StageClock:
         moves = Counter(f"{t.from_stage}->{t.to_stage}" for t in transitions)
         self._stats.add_counts(self._stats.transitions_by_stages, moves)
 
-    def _rebuild(self) -> None:
+    def _rescan(self) -> None:
         # The tables have recovered; in-memory states were dropped on revocation (or
         # have just been changed and are noted again by the caller).
         owned = {tp.partition for tp in self._app.assignor.assigned_actives() if tp.topic == self._source_topic}
-        self.schedule.clear()
-        for key, raw in self._table.data.items():
-            if account_partition(key.decode(), self._partitions) in owned:
-                self.schedule.note(AccountState.from_bytes(raw))
+        self.schedule.reset(owned)
         self._stale = False

@@ -3,6 +3,7 @@ store and changelog) once per checkpoint, never once per event."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from itertools import islice
 from typing import Any
 
@@ -39,6 +40,15 @@ class AccountStates:
         """Accounts changed since the last ``take_changes``."""
         return len(self._dirty)
 
+    def states_in(self, partition: int) -> Iterator[AccountState]:
+        """Every state of the partition as it stands now (from memory where it is there,
+        else from the store), none of them kept: for scans over all accounts."""
+        in_memory = [s for a, s in self._cache.items() if account_partition(a, self._partitions) == partition]
+        yield from in_memory
+        for key, raw in _stored_in(self._table, partition, self._partitions):
+            if key.decode() not in self._cache:
+                yield AccountState.from_bytes(raw)
+
     def dirty_states(self) -> list[AccountState]:
         return [self._cache[account_id] for account_id in self._dirty]
 
@@ -74,6 +84,14 @@ class AccountStates:
             clean = (account_id for account_id in self._cache if account_id not in self._dirty)
             for account_id in list(islice(clean, excess)):
                 del self._cache[account_id]
+
+
+def _stored_in(table: Any, partition: int, partitions: int) -> Iterator[tuple[bytes, bytes]]:
+    store = table.data
+    db_for_partition = getattr(store, "_db_for_partition", None)
+    if db_for_partition is None:  # one mapping for all partitions (memory store)
+        return ((key, raw) for key, raw in store.items() if account_partition(key.decode(), partitions) == partition)
+    return store._visible_items(db_for_partition(partition))  # skips Faust's offset key
 
 
 def _put_in_store(table: Any, partition: int, key: bytes, value: bytes) -> None:

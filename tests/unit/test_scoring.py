@@ -269,17 +269,17 @@ def test_no_fall_back_within_the_dwell_time():
 
 def test_the_watermark_applies_fall_backs_to_accounts_without_new_events():
     states = {name: AccountState(name) for name in ("quiet", "busy")}
-    schedule = FallbackSchedule(partitions=1, lateness_ms=HOUR_MS)
+    schedule = FallbackSchedule(partitions=1, lateness_ms=HOUR_MS, capacity=10)
     fold([dict(ev("page_view", T0), account_id="quiet")], states["quiet"])
     schedule.note(states["quiet"])
     assert len(schedule) == 1 and schedule.watermark(0) == T0 - HOUR_MS
     for day in (10, 90):
         fold([dict(ev("page_view", T0 + day * DAY_MS), account_id="busy")], states["busy"])
         schedule.note(states["busy"])
-        assert schedule.settle_due(states.__getitem__, RULES, CONFIG) == []
+        assert schedule.settle_due(states.__getitem__, no_scan, RULES, CONFIG) == []
     fold([dict(ev("page_view", T0 + 91 * DAY_MS), account_id="busy")], states["busy"])
     schedule.note(states["busy"])
-    [fell] = schedule.settle_due(states.__getitem__, RULES, CONFIG)  # watermark: day 91 - 1 h
+    [fell] = schedule.settle_due(states.__getitem__, no_scan, RULES, CONFIG)  # watermark: day 91 - 1 h
     assert (fell.account_id, fell.to_stage, fell.at_ms) == ("quiet", "target", T0 + 90 * DAY_MS + 1)
     assert len(schedule) == 1  # only busy is still scheduled
 
@@ -372,23 +372,34 @@ def test_skipping_evaluation_for_events_that_cannot_move_up_changes_nothing(item
     assert lean.stage == full.stage and abs(lean.stage_since_ms - full.stage_since_ms) <= 1
 
 
-@settings(max_examples=100)
-@given(st.lists(st.tuples(st.integers(0, 5), journey_events.map(lambda items: items[:5])), min_size=1, max_size=12),
-       st.integers(0, 3))
-def test_the_schedule_applies_exactly_the_fall_backs_a_scan_of_every_account_would(batches, partitions_exp):
-    """Batches of events for a few accounts, with the watermark advancing after each:
-    the schedule's fall-backs equal those of visiting every account every time."""
+@settings(max_examples=200)
+@given(
+    st.lists(st.tuples(st.integers(0, 5), journey_events.map(lambda items: items[:5]), st.booleans()), min_size=1, max_size=12),
+    st.integers(0, 3),
+    st.integers(1, 4),
+)
+def test_the_schedule_applies_exactly_the_fall_backs_a_scan_of_every_account_would(batches, partitions_exp, capacity):
+    """Batches of events for a few accounts, with the watermark advancing after each, and
+    now and then a restart (the schedule forgets all and scans the states again): the
+    schedule's fall-backs equal those of visiting every account every time, also when it
+    keeps fewer accounts than are due and must scan for the rest."""
     partitions = 2**partitions_exp
     indexed, scanned = {}, {}
-    schedule = FallbackSchedule(partitions, lateness_ms=DAY_MS)
+    schedule = FallbackSchedule(partitions, lateness_ms=DAY_MS, capacity=capacity)
+
+    def states_in(partition):
+        return [state for name, state in indexed.items() if account_partition(name, partitions) == partition]
+
     latest: dict[int, int] = {}
-    for account_number, items in batches:
+    for account_number, items, restart in batches:
         account = f"a{account_number}"
         events = [dict(journey_event(item), account_id=account) for item in items]
         for states in (indexed, scanned):
             fold(events, states.setdefault(account, AccountState(account)))
+        if restart:
+            schedule.reset(range(partitions))
         schedule.note(indexed[account])
-        got = schedule.settle_due(indexed.__getitem__, RULES, CONFIG)
+        got = schedule.settle_due(indexed.__getitem__, states_in, RULES, CONFIG)
         partition = account_partition(account, partitions)
         latest[partition] = max(latest.get(partition, 0), scanned[account].last_event_ms)
         expected = [
@@ -397,7 +408,35 @@ def test_the_schedule_applies_exactly_the_fall_backs_a_scan_of_every_account_wou
             for t in fall_back_until(state, latest[account_partition(name, partitions)] - DAY_MS, RULES, CONFIG)
         ]
         assert sorted(got, key=lambda t: (t.account_id, t.at_ms)) == sorted(expected, key=lambda t: (t.account_id, t.at_ms))
+        assert len(schedule) <= partitions * (capacity + max(1, capacity // 4))
     assert {a: s.stage for a, s in indexed.items()} == {a: s.stage for a, s in scanned.items()}
+
+
+def test_the_schedule_keeps_only_the_accounts_due_soonest():
+    """A million accounts due months ahead cost no memory: beyond its capacity the
+    schedule keeps the soonest, and finds the others by a scan once they are due."""
+    states = {f"a{n}": AccountState(f"a{n}", latest_seen_ms=T0, fallback_at_ms=T0 + (10 - n) * DAY_MS) for n in range(10)}
+    schedule = FallbackSchedule(partitions=1, lateness_ms=0, capacity=4)
+    for state in states.values():
+        schedule.note(state)
+    assert len(schedule) <= 5
+    scans = []
+
+    def states_in(partition):
+        scans.append(partition)
+        return list(states.values())
+
+    assert schedule.settle_due(states.__getitem__, states_in, RULES, CONFIG) == [] and scans == []
+    for state in states.values():
+        state.latest_seen_ms = T0 + 10 * DAY_MS  # all of them due
+    schedule.note(states["a0"])
+    schedule.settle_due(states.__getitem__, states_in, RULES, CONFIG)
+    assert all(state.fallback_at_ms == 0 or state.fallback_at_ms > T0 + 10 * DAY_MS for state in states.values())
+    assert scans and len(schedule) == 0
+
+
+def no_scan(partition):
+    raise AssertionError(f"partition {partition} scanned though the schedule kept every account")
 
 
 @settings(max_examples=200)
@@ -431,13 +470,13 @@ def test_held_events_give_the_same_stages_in_any_arrival_order_and_batching(item
 
 def test_held_events_wait_for_the_watermark_of_their_partition():
     state = AccountState("a1")
-    schedule = FallbackSchedule(partitions=1, lateness_ms=HOUR_MS)
+    schedule = FallbackSchedule(partitions=1, lateness_ms=HOUR_MS, capacity=10)
     fold_events([((0, 0), ev("page_view", T0 + HOUR_MS))], lambda _: state, CONFIG, RULES, DEDUP, hold=True)
     schedule.note(state)
-    assert schedule.settle_due(lambda _: state, RULES, CONFIG) == [] and state.events_total == 0  # watermark: T0
+    assert schedule.settle_due(lambda _: state, no_scan, RULES, CONFIG) == [] and state.events_total == 0  # watermark: T0
     fold_events([((1, 0), ev("page_view", T0 + 2 * HOUR_MS, contact="c2"))], lambda _: state, CONFIG, RULES, DEDUP, hold=True)
     schedule.note(state)
-    [aware] = schedule.settle_due(lambda _: state, RULES, CONFIG)  # watermark: T0 + 1 h
+    [aware] = schedule.settle_due(lambda _: state, no_scan, RULES, CONFIG)  # watermark: T0 + 1 h
     assert (aware.to_stage, aware.at_ms, state.events_total, len(state.held)) == ("awareness", T0 + HOUR_MS, 1, 1)
 
 
