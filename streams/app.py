@@ -91,6 +91,7 @@ def create_app(settings: Settings) -> PulseApp:
         # Forwarded events and account states are JSON: lz4 sends a fraction of the
         # bytes, and on loopback the sender's kernel pays for the receiver's side too.
         producer_compression_type="lz4",
+        producer_linger=0.01,
         # An oversized event (rejected: over 1 MiB) must still fit in its dead letter.
         producer_max_request_size=8 * 1024 * 1024,
         # Faust's /table/ views would serve every account's state to anyone on the port.

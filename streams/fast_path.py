@@ -24,10 +24,16 @@ from typing import Any
 import faust
 from aiokafka.errors import KafkaError
 from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 
 QUEUED_BATCHES = 2  # per agent: one being processed, one fetched ahead
+# A fetch answers once this much is there, or after this long (Faust: 1 byte, 1.5 s).
+# Live traffic then arrives in fewer, larger batches: in the latency bench at 9.6k
+# events/s its p99 went from the 5-10 s bucket to the 2.5-5 s one.
+FETCH_MIN_BYTES = 256 * 1024
+FETCH_MAX_WAIT_MS = 50
 
 
 class Fetched:
@@ -77,10 +83,22 @@ class FetchedBatches:
             yield await queue.get()
 
 
+class BatchConsumerThread(AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # Faust passes neither; aiokafka reads them when it starts the consumer's fetcher.
+        consumer._fetch_min_bytes = FETCH_MIN_BYTES
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        return consumer
+
+
 class BatchConsumer(AIOKafkaConsumer):
     """Faust's aiokafka consumer, delivering batched topics one fetch at a time."""
 
     batches: FetchedBatches
+
+    def _new_consumer_thread(self) -> BatchConsumerThread:
+        return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # the Fetcher service's loop
         consumer_stopped = self._stopped.is_set
