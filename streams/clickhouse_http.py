@@ -51,8 +51,6 @@ _TRANSPORT_PARAMS = frozenset(
     }
 )
 _INSERT_HEAD = re.compile(rb"^\s*(INSERT\s+INTO\s.*?)\s+FORMAT\s+(\w+)[ \t]*\r?\n?", re.IGNORECASE | re.DOTALL)
-_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|.)", re.DOTALL)
-_ESCAPED_CHARS = {"b": "\b", "f": "\f", "r": "\r", "n": "\n", "t": "\t", "0": "\0", "a": "\a", "v": "\v"}
 _ERROR_CODE = re.compile(r"Code: (\d+)")
 AUTHENTICATION_FAILED = 516
 UNKNOWN_DATABASE = 81
@@ -106,7 +104,7 @@ class ClickHouseHttpFront:
             return _error(400, 0, str(exc))
         settings = {k: v for k, v in params.items() if k not in _TRANSPORT_PARAMS and not k.startswith("param_")}
         # Values come in ClickHouse's escaped text format; the client escapes them again.
-        parameters = {k[len("param_"):]: _unescaped(v) for k, v in params.items() if k.startswith("param_")}
+        parameters = {k[len("param_"):]: ParameterText(v) for k, v in params.items() if k.startswith("param_")}
         text = params.get("query", "").encode()
         try:
             result = await asyncio.to_thread(self._run, text, body, parameters, settings)
@@ -151,14 +149,19 @@ def _presented_credentials(request: web.Request) -> tuple[str, str]:
     )
 
 
-def _unescaped(value: str) -> str:
-    def one(match: re.Match[str]) -> str:
-        code = match.group(1)
-        if code[0] == "x" and len(code) == 3:
-            return chr(int(code[1:], 16))
-        return _ESCAPED_CHARS.get(code, code)
+class ParameterText:
+    """A `param_*` value exactly as the request carried it: the engine parses it by its
+    placeholder's type (String, Array(String), Map, ...), as a server does.
+    clickhouse-connect escapes a str parameter again, which broke arrays; any other
+    type it passes on as ``str(value)``."""
 
-    return _ESCAPE.sub(one, value)
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def _decoded(body: bytes, encoding: str) -> bytes:

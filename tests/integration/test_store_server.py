@@ -66,6 +66,11 @@ def test_clickhouse_connect_inserts_and_queries_through_the_server(store_setting
             "SELECT count() FROM events WHERE account_id = {a:String} AND occurred_at >= {t:DateTime64(3)}",
             parameters={"a": "it's-acct", "t": datetime.datetime(2026, 3, 3)},
         ).result_rows == [(5,)]
+        # arrays (and their quotes) as a server parses them
+        assert client.query(
+            "SELECT count() FROM events WHERE account_id IN {accounts:Array(String)}",
+            parameters={"accounts": ["it's-acct", "no\\such\taccount"]},
+        ).result_rows == [(5,)]
         # client-side parameters
         assert client.query("SELECT count() FROM events WHERE type = %(t)s", parameters={"t": "email_click"}).result_rows == [(5,)]
         frame = client.query_df("SELECT type, count() AS n FROM events GROUP BY type ORDER BY type")
