@@ -146,6 +146,9 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
     # offsets (inserted by a checkpoint that died before its commit, possibly only in part):
     # their events come again and are not inserted twice. Set on every assignment.
     stored_ahead: set[tuple[int, int, int]] = set()
+    # Faust resumes the flow once tables recover, possibly before on_assigned has read
+    # them: the score agent waits for it.
+    stored_ahead_known = asyncio.Event()
 
     def admit(messages: list[Any]) -> list[Any]:
         """The messages of a batch to process now; the caller holds the checkpoint lock."""
@@ -185,7 +188,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
         learned: list[LearnedContact] = []
         resolutions = []
         now_ms = int(time.time() * 1000)
-        for waiting_on, event in await asyncio.to_thread(pending_events, client, keys):
+        for waiting_on, event in await sink.call(pending_events, keys):
             account_id = directory.resolve(event).account_id
             if account_id is None:  # its domain was reassigned meanwhile: it waits on
                 continue
@@ -267,6 +270,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
     @app.agent(by_account_topic, name="score")
     async def score(stream: faust.StreamT) -> None:
         async for messages in app.fetched(stream, events_per_message=EVENTS_PER_MESSAGE):
+            await stored_ahead_known.wait()
             async with checkpoint.lock:
                 fresh = admit(messages)
                 positioned = []
@@ -296,6 +300,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
 
     @app.on_partitions_revoked.connect
     async def on_revoked(_app: Any, _revoked: set[Any], **_: Any) -> None:
+        stored_ahead_known.clear()
         async with checkpoint.lock:
             await checkpoint.hand_over(timeout_s=app.conf.broker_session_timeout / 2)
 
@@ -306,7 +311,8 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
         committed = {item.partition: item.committed for item in lags if item.partition in owned}
         async with checkpoint.lock:
             stored_ahead.clear()
-            stored_ahead.update(await asyncio.to_thread(stored_event_positions, client, committed))
+            stored_ahead.update(await sink.call(stored_event_positions, committed))
+        stored_ahead_known.set()
 
     registry = CollectorRegistry()
     setup_prometheus_sensors(app, registry=registry, name_prefix="faust")  # Faust's own, plus /metrics

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from clickhouse_connect.driver.client import Client
 
 log = logging.getLogger(__name__)
+Result = TypeVar("Result")
 
 EVENT_COLUMNS = (
     "event_id", "type", "source", "account_id", "contact_id", "email", "campaign_id", "url",
@@ -60,11 +62,24 @@ class ClickHouseSink:
         on_written: Callable[[str, list[Sequence[Any]]], None] | None = None,
     ) -> None:
         self._client = client
+        # One statement at a time: a server's HTTP session refuses concurrent ones, and
+        # the checkpoint's insert runs while the agents (and rebalance handlers) go on.
+        self._client_lock = threading.Lock()
         self._buffers = {name: TableBuffer(columns) for name, columns in tables.items()}
         self._max_backoff_s = max_backoff_s
         self._on_written = on_written  # told of every batch ClickHouse acknowledged
         self.stats = SinkStats()
         self.failing = False
+
+    async def call(self, function: Callable[..., Result], *args: Any) -> Result:
+        """``function(client, *args)`` in a thread, never at the same time as another use
+        of the store's client."""
+
+        def one_at_a_time() -> Result:
+            with self._client_lock:
+                return function(self._client, *args)
+
+        return await asyncio.to_thread(one_at_a_time)
 
     def add(self, table: str, rows: list[Sequence[Any]]) -> None:
         self._buffers[table].rows.extend(rows)
@@ -104,13 +119,7 @@ class ClickHouseSink:
         backoff = 0.1
         while True:
             try:
-                await asyncio.to_thread(
-                    self._client.insert,
-                    table,
-                    buffer.rows,
-                    column_names=list(buffer.columns),
-                    settings=insert_settings(token),
-                )
+                await self.call(_insert, table, buffer, token)
             except Exception as exc:  # any failure of the store: retry, never drop
                 self.failing = True
                 self.stats.failures += 1
@@ -121,3 +130,7 @@ class ClickHouseSink:
                 self.failing = False
                 self.stats.inserts += 1
                 return
+
+
+def _insert(client: Client, table: str, buffer: TableBuffer, token: str) -> None:
+    client.insert(table, buffer.rows, column_names=list(buffer.columns), settings=insert_settings(token))
