@@ -52,7 +52,7 @@ class LagSnapshot:
 
 # Seconds from an event's time to its row being in ClickHouse: sub-second when live, days
 # for replayed history.
-LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400)
+LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 1, 1.5, 2, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400)
 
 
 @dataclass(slots=True)

@@ -13,6 +13,7 @@ def test_latencies_fall_in_their_buckets_and_export_cumulatively():
     family = histogram.family("x", "help")
     buckets = {s.labels["le"]: s.value for s in family.samples if s.name == "x_bucket"}
     assert buckets["0.1"] == 2  # 0.05 s and exactly 0.1 s (le is inclusive)
+    assert buckets["2"] == 3  # the latency target's bound is a bucket bound
     assert buckets["2.5"] == 3
     assert buckets[str(LATENCY_BUCKETS_S[-1])] == 3
     assert buckets["+Inf"] == 4
