@@ -67,6 +67,7 @@ class Checkpoint:
         self._max_rows = max_rows
         self._interval_s = interval_s
         self._pending: list[Any] = []  # consumed Kafka messages not yet taken by a checkpoint
+        self._run_id = uuid.uuid4().hex  # this process's checkpoints: see _dedup_token
         self._in_flight: asyncio.Task[None] | None = None  # the checkpoint being made durable
         self._started_at = time.monotonic()
         self.lock = asyncio.Lock()  # agents hold it while they change pending work
@@ -124,8 +125,9 @@ class Checkpoint:
 
     async def _make_durable(self, batch: CheckpointBatch) -> None:
         # 1. flush the ClickHouse sink
-        # rows from no consumed event (re-resolutions) are inserted once: no retry token needed
-        await self._sink.write(batch.rows, _dedup_token(batch.messages) if batch.messages else uuid.uuid4().hex)
+        # a batch of no consumed event (settled states, re-resolutions) has nothing to name it by
+        token = _dedup_token(self._run_id, batch.messages) if batch.messages else uuid.uuid4().hex
+        await self._sink.write(batch.rows, token)
         # 2. write state changelogs
         self._states.write(batch.states)
         # 3. flush the producer
@@ -186,12 +188,15 @@ def next_offsets(messages: list[Any]) -> dict[Any, int]:
     return offsets
 
 
-def _dedup_token(messages: list[Any]) -> str:
-    """Names a batch by the source offsets it covers, so a retried insert is dropped."""
+def _dedup_token(run_id: str, messages: list[Any]) -> str:
+    """Names a batch by this process and the source offsets it covers, so a retried insert
+    is dropped. The process is part of it: after a crash the same offsets can come in a
+    batch with other rows (an account's row, a transition), which must not be taken for a
+    retry; its event rows already stored are skipped by their positions instead."""
     ranges: dict[tuple[str, int], list[int]] = {}
     for message in messages:
         span = ranges.setdefault((message.topic, message.partition), [message.offset, message.offset])
         span[0] = min(span[0], message.offset)
         span[1] = max(span[1], message.offset)
     text = ";".join(f"{t}/{p}:{a}-{b}" for (t, p), (a, b) in sorted(ranges.items()))
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return hashlib.sha256(f"{run_id}|{text}".encode()).hexdigest()[:32]
