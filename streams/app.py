@@ -173,8 +173,10 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
         stats.contacts_learned += len(learned)
 
     async def dead_letter(message: Any, rejection: Rejection) -> None:
+        """To the dead-letter topic and the dead_letters table; the caller holds the checkpoint lock."""
         await app.producer.send(dead_letters, message.key, message.value, None, None, _reason_headers(message, rejection))
         reason = rejection.reason.value
+        sink.add("dead_letters", [dead_letter_row(message, reason, rejection.message)])
         stats.invalid_by_reason[reason] = stats.invalid_by_reason.get(reason, 0) + 1
 
     async def reroute_waiting(learned_keys: set[str]) -> None:
@@ -218,7 +220,6 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
         message = Fetched(TP(record.topic, record.partition), record, generation_id=0)
         async with checkpoint.lock:
             await dead_letter(message, rejection)
-            sink.add("dead_letters", [dead_letter_row(message, rejection.reason.value, rejection.message)])
         dead_lettered.add((record.topic, record.partition, record.offset))
 
     feed = DirectoryFeed(
@@ -253,7 +254,6 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
                 )
                 for index, rejection in routed.rejected:
                     await dead_letter(fresh[index], rejection)
-                    sink.add("dead_letters", [dead_letter_row(fresh[index], rejection.reason.value, rejection.message)])
                 for index, event, waiting_on in routed.unresolved:
                     await app.producer.send(unresolved, (waiting_on or "").encode(), orjson.dumps(event), None, None, None)
                     if waiting_on:

@@ -103,7 +103,7 @@ class ClickHouseHttpFront:
         except ValueError as exc:
             return _error(400, 0, str(exc))
         settings = {k: v for k, v in params.items() if k not in _TRANSPORT_PARAMS and not k.startswith("param_")}
-        # Values come in ClickHouse's escaped text format; the client escapes them again.
+        # Values come in ClickHouse's escaped text format, for the engine to parse by type.
         parameters = {k[len("param_"):]: ParameterText(v) for k, v in params.items() if k.startswith("param_")}
         text = params.get("query", "").encode()
         try:

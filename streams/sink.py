@@ -111,10 +111,6 @@ class ClickHouseSink:
         self.stats.rows_written += written
         return written
 
-    async def flush(self, dedup_token: str) -> int:
-        """Insert every buffered row."""
-        return await self.write(self.take(), dedup_token)
-
     async def _insert_with_retry(self, table: str, buffer: TableBuffer, token: str) -> None:
         backoff = 0.1
         while True:

@@ -166,10 +166,10 @@ def load(client: Client) -> None:
         sink.add("events", dataset().rows)
         sink.add("stage_transitions", transitions)
         sink.add("account_scores", scores)
-        asyncio.run(sink.flush("batch-1"))
+        asyncio.run(sink.write(sink.take(), "batch-1"))
     sink.add("account_scores", [score_row("acc-a", 50.0, "customer", 3, 10)])
     sink.add("stage_transitions", transitions[:1])  # re-derived after a crash: collapses under FINAL
-    asyncio.run(sink.flush("batch-2"))
+    asyncio.run(sink.write(sink.take(), "batch-2"))
 
 
 def rows(client: Client, sql: str) -> list[dict[str, Any]]:
