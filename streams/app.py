@@ -88,9 +88,11 @@ def create_app(settings: Settings) -> PulseApp:
         # Changelogs and forwarded events go out in few large batches: with Faust's
         # 16 KiB a checkpoint's flush waited on hundreds of sequential small requests.
         producer_max_batch_size=512 * 1024,
-        # Forwarded events and account states are JSON: lz4 sends a fraction of the
-        # bytes, and on loopback the sender's kernel pays for the receiver's side too.
-        producer_compression_type="lz4",
+        # Forwarded events and account states are JSON: compressed, a fraction of the
+        # bytes goes out, and on loopback the sender's kernel pays for the receiver's side
+        # too. Snappy, not lz4: aiokafka's lz4 is fixed at level 9, 7-12x slower per byte
+        # (14 % of the event loop with live traffic), for a similar ratio.
+        producer_compression_type="snappy",
         producer_linger=0.01,
         # An oversized event (rejected: over 1 MiB) must still fit in its dead letter.
         producer_max_request_size=8 * 1024 * 1024,
