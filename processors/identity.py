@@ -149,9 +149,22 @@ class AccountDirectory:
     def learn_contact(self, contact_id: object, email: object, account_id: str, title: object = None) -> bool:
         """Remembers the contact's account (and the seniority of its title, when given);
         True when the account is news."""
-        learned = False
         seniority = seniority_of(title) if isinstance(title, str) else None
-        for key, _ in _contact_keys(contact_id, email):
+        return self._remember(_contact_keys(contact_id, email), account_id, seniority)
+
+    def seniority(self, contact_id: object, email: object) -> str | None:
+        """The seniority of the contact's title, when a contact record gave one."""
+        return self._seniority_of(_contact_keys(contact_id, email))
+
+    def attribute_contact(self, contact_id: object, email: object, account_id: str) -> tuple[bool, str | None]:
+        """``learn_contact`` without a title, and the contact's known seniority: once per
+        event, so the contact's keys are worked out once for both."""
+        keys = _contact_keys(contact_id, email)
+        return self._remember(keys, account_id, None), self._seniority_of(keys)
+
+    def _remember(self, keys: list[tuple[str, Method]], account_id: str, seniority: str | None) -> bool:
+        learned = False
+        for key, _ in keys:
             if self._account_by_contact.get(key) != account_id:
                 learned = True
             self._account_by_contact[key] = account_id
@@ -163,9 +176,8 @@ class AccountDirectory:
             self._seniority_by_contact.pop(forgotten, None)
         return learned
 
-    def seniority(self, contact_id: object, email: object) -> str | None:
-        """The seniority of the contact's title, when a contact record gave one."""
-        for key, _ in _contact_keys(contact_id, email):
+    def _seniority_of(self, keys: list[tuple[str, Method]]) -> str | None:
+        for key, _ in keys:
             seniority = self._seniority_by_contact.get(key)
             if seniority is not None:
                 return seniority

@@ -58,9 +58,9 @@ def attribute(event: dict[str, Any], account_id: str, directory: AccountDirector
     event["account_id"] = account_id
     contact_id, email = event.get("contact_id"), event.get("email")
     if contact_id or email:
-        if directory.learn_contact(contact_id, email, account_id):
+        news, seniority = directory.attribute_contact(contact_id, email, account_id)
+        if news:
             learned.append((contact_id, email, account_id))
-        seniority = directory.seniority(contact_id, email)
         if seniority is not None:
             event["_seniority"] = seniority
 

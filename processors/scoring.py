@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import sys
 from array import array
+from bisect import bisect_right
 from base64 import b64decode, b64encode
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
@@ -158,15 +159,27 @@ def engaged_contacts(state: AccountState, at_ms: int, window_ms: int) -> int:
     return sum(1 for last in state.contacts.values() if since <= last <= at_ms)
 
 
-def rolling_counts(state: AccountState, at_ms: int, days: int) -> dict[str, int]:
-    """Events per type over the ``days`` UTC days ending with ``at_ms``'s day."""
+def rolling_counts(state: AccountState, at_ms: int, windows_days: tuple[int, ...] = ROLLING_WINDOWS_DAYS) -> list[dict[str, int]]:
+    """Events per type over each window of UTC days ending with ``at_ms``'s day (in the
+    order given): one pass over the days, each day's counts added once."""
     today = at_ms // DAY_MS
-    totals: dict[str, int] = {}
+    widths = sorted(set(windows_days))
+    # a day counts in its narrowest window and every wider one: sum by narrowest, then accumulate
+    narrowest: list[dict[str, int]] = [{} for _ in widths]
     for day, counts in state.daily.items():
-        if today - days < day <= today:
-            for kind, n in counts.items():
-                totals[kind] = totals.get(kind, 0) + n
-    return totals
+        age = today - day
+        if age < 0 or age >= widths[-1]:
+            continue
+        bucket = narrowest[bisect_right(widths, age)]
+        for kind, n in counts.items():
+            bucket[kind] = bucket.get(kind, 0) + n
+    by_width: dict[int, dict[str, int]] = {}
+    running: dict[str, int] = {}
+    for width, bucket in zip(widths, narrowest):
+        for kind, n in bucket.items():
+            running[kind] = running.get(kind, 0) + n
+        by_width[width] = dict(running)
+    return [by_width[width] for width in windows_days]
 
 
 def apply_event(state: AccountState, event: dict[str, Any], config: ScoringConfig) -> float:

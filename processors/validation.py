@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -79,6 +79,9 @@ def _decode(raw: bytes) -> Any | Rejection:
         return Rejection(Reason.NOT_JSON, f"payload is not JSON: {exc}")
 
 
+_STRING_FIELDS: Final = ("event_id", "source", *OPTIONAL_STRING_FIELDS)
+
+
 def _check_fields(data: dict[str, Any], received_at_ms: int) -> Rejection | int:
     """Returns the event time in ms, or why the fields are wrong."""
     for name in REQUIRED_FIELDS:
@@ -92,7 +95,7 @@ def _check_fields(data: dict[str, Any], received_at_ms: int) -> Rejection | int:
         value = data.get(name)
         if value is None or value == "":
             return Rejection(Reason.MISSING_FIELD, f"{event_type} requires field {name!r}")
-    for name in ("event_id", "source", *OPTIONAL_STRING_FIELDS):
+    for name in _STRING_FIELDS:
         value = data.get(name)
         if value is not None and (not isinstance(value, str) or len(value) > MAX_STRING_LENGTH):
             return Rejection(Reason.BAD_FIELD, f"field {name!r} must be a string of at most {MAX_STRING_LENGTH} characters")

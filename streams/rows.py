@@ -62,9 +62,7 @@ def account_row(state: AccountState, now_ms: int, config: ScoringConfig) -> tupl
         now_ms,
         state.events_total,
         engaged_contacts(state, as_of, 30 * DAY_MS),
-        rolling_counts(state, as_of, 7),
-        rolling_counts(state, as_of, 30),
-        rolling_counts(state, as_of, 90),
+        *rolling_counts(state, as_of, (7, 30, 90)),
         state.stage_reason,
     )
 

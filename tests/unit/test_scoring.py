@@ -1,4 +1,5 @@
 import dataclasses
+from collections import Counter
 import itertools
 import math
 import re
@@ -107,12 +108,23 @@ def test_rolling_counts_and_breadth_over_event_time_with_bounded_memory():
         apply_event(state, ev("page_view", T0 + day * DAY_MS, contact=f"c{day}"), CONFIG)
     apply_event(state, ev("email_open", T0 + 195 * DAY_MS, contact="c1"), CONFIG)
     at = T0 + 199 * DAY_MS
-    assert rolling_counts(state, at, 7) == {"page_view": 7, "email_open": 1}
-    assert rolling_counts(state, at, 30) == {"page_view": 30, "email_open": 1}
-    assert rolling_counts(state, at, 90) == {"page_view": 90, "email_open": 1}
+    week, month, quarter = ({"page_view": n, "email_open": 1} for n in (7, 30, 90))
+    assert rolling_counts(state, at, (7, 30, 90)) == [week, month, quarter]
+    assert rolling_counts(state, at, (90, 7)) == [quarter, week]
+    for days_back in (0, 3, 50, 80, 120):  # one pass gives what a pass per window gives
+        then = at - days_back * DAY_MS
+        assert rolling_counts(state, then, (7, 30, 90)) == [_counts_within(state, then, width) for width in (7, 30, 90)]
     assert engaged_contacts(state, at, 30 * DAY_MS) == 32  # days 169..199 inclusive, and c1 (day 195)
     assert engaged_contacts(state, at, 90 * DAY_MS) == 92
     assert len(state.daily) <= RETENTION_DAYS and len(state.contacts) <= RETENTION_DAYS + 2
+
+
+def _counts_within(state: AccountState, at_ms: int, days: int) -> dict[str, int]:
+    today, totals = at_ms // DAY_MS, Counter()
+    for day, counts in state.daily.items():
+        if today - days < day <= today:
+            totals.update(counts)
+    return dict(totals)
 
 
 EVENT_KINDS = ["email_open", "email_click", "page_view", "webinar_signup", "form_submitted", "meeting_booked", "email_sent"]
