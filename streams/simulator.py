@@ -497,6 +497,7 @@ async def produce_events(
     history_days: float = DEFAULT_HISTORY_DAYS,
     start: datetime | None = None,
     machine_open_share: float = DEFAULT_MACHINE_OPEN_SHARE,
+    stamp_sent: bool = False,
 ) -> dict[str, int]:
     """Produces simulated events to Kafka; returns how many of each type were delivered.
 
@@ -505,6 +506,8 @@ async def produce_events(
     possible. Stops after ``count`` events or ``duration_s`` seconds, whichever is first.
     Records are appended straight into per-partition batches (murmur2 on the key, like the
     Java client's default partitioner) and delivery is awaited once per chunk.
+    ``stamp_sent`` gives every event the time its chunk is handed to the producer as
+    ``occurred_at`` (epoch ms), so the latency to ClickHouse can be read off the rows.
     """
     from aiokafka.partitioner import murmur2
 
@@ -560,7 +563,10 @@ async def produce_events(
             futures: list[asyncio.Future[Any]] = []
             pending_counts = dict.fromkeys(EVENT_KINDS, 0)
             taken = 0
+            sent_ms = int(time.time() * 1000)
             for event in events:
+                if stamp_sent:
+                    event["occurred_at"] = sent_ms
                 kind = event["type"]
                 account_id = event["account_id"]
                 cached = key_cache.get(account_id)
