@@ -41,7 +41,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from streams.offsets import OffsetGuard
 from streams.sink import ClickHouseSink, TableBuffer
@@ -49,6 +49,15 @@ from processors.scoring import AccountState
 from streams.state import AccountStates, StateChange
 
 log = logging.getLogger(__name__)
+
+
+class Consumed(NamedTuple):
+    """Where a consumed message was: all a checkpoint needs of it."""
+
+    tp: Any
+    topic: str
+    partition: int
+    offset: int
 
 
 @dataclass(slots=True)
@@ -94,8 +103,12 @@ class Checkpoint:
         self.last_commit_at: float | None = None
 
     def track(self, messages: Iterable[Any], in_state: bool = False) -> None:
-        """Consumed messages, processed; ``in_state``: their effects live in account states."""
-        (self._pending_in_state if in_state else self._pending).extend(messages)
+        """Consumed messages, processed; ``in_state``: their effects live in account states
+        (kept without their payloads, which may wait for several checkpoints)."""
+        if in_state:
+            self._pending_in_state.extend(Consumed(m.tp, m.topic, m.partition, m.offset) for m in messages)
+        else:
+            self._pending.extend(messages)
 
     @property
     def pending_events(self) -> int:
