@@ -62,9 +62,6 @@ class Settings(BaseSettings):
     checkpoint_interval_s: float = Field(
         0.75, gt=0, description="checkpoint at least this often (rows reach ClickHouse): the latency of the data"
     )
-    state_interval_s: float = Field(
-        5.0, gt=0, description="write changed account states (RocksDB, changelog) and commit the events behind them at least this often"
-    )
     log_format: Literal["text", "json"] = Field("text", description="worker logs: coloured text, or one JSON object per line")
     session_timeout_s: float = Field(
         15.0, ge=6, description="a worker that stops heartbeating (killed, frozen) loses its partitions after this long"
