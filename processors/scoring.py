@@ -159,7 +159,7 @@ def engaged_contacts(state: AccountState, at_ms: int, window_ms: int) -> int:
     return sum(1 for last in state.contacts.values() if since <= last <= at_ms)
 
 
-def rolling_counts(state: AccountState, at_ms: int, windows_days: tuple[int, ...] = ROLLING_WINDOWS_DAYS) -> list[dict[str, int]]:
+def rolling_counts(state: AccountState, at_ms: int, windows_days: tuple[int, ...]) -> list[dict[str, int]]:
     """Events per type over each window of UTC days ending with ``at_ms``'s day (in the
     order given): one pass over the days, each day's counts added once."""
     today = at_ms // DAY_MS

@@ -115,20 +115,16 @@ def quantile(before: list[tuple[float, float]], after: list[tuple[float, float]]
     return lower
 
 
-def produce(settings: Settings, seed: int, accounts: int, count: int) -> None:
+def produce(settings: Settings, seed: int, accounts: int, count: int, rate: float | None = None) -> None:
+    """``count`` simulated events, as fast as possible or paced at ``rate``. Paced ones
+    are live: each is stamped occurred_at = when its chunk was handed to the producer, so
+    the worker's occurred_at latency is event to ClickHouse. Appended straight into
+    batches: a producer call per event cost half a core at 10k events/s, taken from the
+    machine under measurement."""
     counts = asyncio.run(
-        produce_events(settings, accounts=accounts, contacts_per_account=5, rate=None, duration_s=None, count=count, seed=seed)
-    )
-    assert sum(counts.values()) == count, counts
-
-
-def live_events(settings: Settings, accounts: int, rate: float, count: int) -> None:
-    """``count`` simulated events paced at ``rate``, each stamped occurred_at = when its
-    chunk was handed to the producer, so the worker's occurred_at latency is event to
-    ClickHouse. Appended straight into batches: a producer call per event cost half a
-    core at 10k events/s, taken from the machine under measurement."""
-    counts = asyncio.run(
-        produce_events(settings, accounts=accounts, contacts_per_account=5, rate=rate, duration_s=None, count=count, seed=8, stamp_sent=True)
+        produce_events(
+            settings, accounts=accounts, contacts_per_account=5, rate=rate, duration_s=None, count=count, seed=seed, stamp_sent=rate is not None
+        )
     )
     assert sum(counts.values()) == count, counts
 
@@ -198,7 +194,7 @@ def run(events: int, accounts: int, latency_s: float, state_accounts: int, workd
             rate = latency_rate or end_to_end_eps / 2
             paced = int(rate * latency_s)
             before, cpu_before = worker.metrics(), worker.cpu_seconds()
-            live_events(settings, accounts, rate, paced)
+            produce(settings, seed=8, accounts=accounts, count=paced, rate=rate)
             worker.wait_drained(timeout_s=600, poll_s=0.2)
             after = worker.metrics()
             result["live_worker_cpu_us_per_event"] = round((worker.cpu_seconds() - cpu_before) / paced * 1e6, 1)
