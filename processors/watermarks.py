@@ -22,8 +22,10 @@ import heapq
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from processors.accounts import settle
+from processors.accounts import Folded, Position, fold_events, settle
+from processors.dedup import DedupPolicy
 from processors.identity import account_partition
 from processors.scoring import AccountState, ScoringConfig
 from processors.stages import StageRules, StageTransition
@@ -88,12 +90,14 @@ class FallbackSchedule:
         states_in: Callable[[int], Iterable[AccountState]],
         rules: StageRules,
         config: ScoringConfig,
+        partitions: Iterable[int] | None = None,
     ) -> list[StageTransition]:
-        """Settles the accounts the watermarks have passed, in each partition's time order.
-        ``states_in(partition)`` gives every state of a partition as it stands now, for
-        the scans."""
+        """Settles the accounts the watermarks have passed, in each partition's time order
+        (of the given partitions, or all). ``states_in(partition)`` gives every state of a
+        partition as it stands now, for the scans."""
         transitions = []
-        for partition, held in self._by_partition.items():
+        chosen = self._by_partition if partitions is None else {p: self._by_partition[p] for p in partitions if p in self._by_partition}
+        for partition, held in chosen.items():
             if held.horizon == UNSCANNED:
                 self._scan(held, states_in(partition))
             mark = self.watermark(partition)
@@ -143,3 +147,31 @@ def _due_at(state: AccountState) -> int:
     if state.held and (at == 0 or state.held[0]["occurred_at_ms"] < at):
         at = state.held[0]["occurred_at_ms"]
     return at
+
+
+Message = tuple[int, list[tuple[Position, dict[str, Any]]]]  # (partition, its events by position)
+
+
+def fold_messages(
+    messages: Iterable[Message],
+    state_for: Callable[[str], AccountState],
+    states_in: Callable[[int], Iterable[AccountState]],
+    schedule: FallbackSchedule,
+    config: ScoringConfig,
+    rules: StageRules,
+    dedup: DedupPolicy,
+) -> Folded:
+    """Folds forwarded messages in order, their events held, and settles each message's
+    partition after it. A partition's transitions then depend only on its sequence of
+    messages, never on how they were fetched in batches: a replay after a crash derives
+    the transitions the first run did, events later than the allowed lateness included."""
+    folded = Folded()
+    for partition, positioned in messages:
+        part = fold_events(positioned, state_for, config, rules, dedup, hold=True)
+        folded.applied += part.applied
+        folded.duplicates += part.duplicates
+        folded.replayed += part.replayed
+        for account_id in {event["account_id"] for event in part.applied}:
+            schedule.note(state_for(account_id))
+        folded.transitions += schedule.settle_due(state_for, states_in, rules, config, (partition,))
+    return folded

@@ -24,7 +24,6 @@ from prometheus_client import CollectorRegistry
 from aiohttp.web import Response
 from clickhouse_connect.driver.client import Client
 
-from processors.accounts import fold_events
 from processors.dedup import DedupPolicy
 from processors.identity import AccountDirectory
 from processors.routing import LearnedContact, add_to_partition, attribute, keys_resolved_by, route_batch
@@ -143,7 +142,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
         interval_s=settings.checkpoint_interval_s,
     )
     guard = checkpoint.guard
-    stage_clock = StageClock(app, settings, states, checkpoint, sink, stats, config, rules)
+    stage_clock = StageClock(app, settings, states, checkpoint, sink, stats, config, rules, dedup)
     # Rows of this worker's by-account partitions already in ClickHouse past the committed
     # offsets (inserted by a checkpoint that died before its commit, possibly only in part):
     # their events come again and are not inserted twice. Set on every assignment.
@@ -275,12 +274,14 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
             await stored_ahead_known.wait()
             async with checkpoint.lock:
                 fresh = admit(messages)
-                positioned = []
+                forwarded = []
                 for message in fresh:
+                    positioned = []
                     for index, event in enumerate(orjson.loads(message.value)):
                         event["_src"] = (message.partition, message.offset, index)
                         positioned.append(((message.offset, index), event))
-                folded = fold_events(positioned, states.state_for, config, rules, dedup, hold=True)
+                    forwarded.append((message.partition, positioned))
+                folded = stage_clock.fold(forwarded)
                 sink.add(
                     "events",
                     [
@@ -289,7 +290,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
                         if event["_src"] not in stored_ahead
                     ],
                 )
-                await stage_clock.emit(folded.transitions + stage_clock.advance(folded.applied))
+                await stage_clock.emit(folded.transitions)
                 stats.applied += len(folded.applied)
                 stats.duplicates += folded.duplicates
                 checkpoint.track(fresh)

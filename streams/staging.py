@@ -1,7 +1,9 @@
 """Event time for the score agent: the agent's events are held in their accounts' states;
-after each batch, the accounts it touched are (re)scheduled, and those the partitions'
-watermarks passed are settled: their held events applied in event-time order and their
-fall-backs applied, also for accounts without new events (processors.watermarks).
+after each forwarded message, the accounts it touched are (re)scheduled, and those its
+partition's watermark passed are settled: their held events applied in event-time order
+and their fall-backs applied, also for accounts without new events
+(processors.watermarks). Settling per message, not per fetched batch, makes the
+transitions a function of the partitions' messages alone, the same in a replay.
 Transitions go to ClickHouse and
 to the stage-transitions topic through the app's producer, flushed by the checkpoint
 (step 3) before the offsets that caused them are committed.
@@ -17,9 +19,11 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from processors.accounts import Folded
+from processors.dedup import DedupPolicy
 from processors.scoring import ScoringConfig
 from processors.stages import StageRules, StageTransition
-from processors.watermarks import FallbackSchedule
+from processors.watermarks import FallbackSchedule, Message, fold_messages
 from schemas.events import TOPIC_BY_ACCOUNT, TOPIC_STAGE_TRANSITIONS
 from streams.checkpoint import Checkpoint
 from streams.metrics import PipelineStats
@@ -40,6 +44,7 @@ class StageClock:
         stats: PipelineStats,
         config: ScoringConfig,
         rules: StageRules,
+        dedup: DedupPolicy,
     ) -> None:
         self._app = app
         self._states = states
@@ -48,6 +53,7 @@ class StageClock:
         self._stats = stats
         self._config = config
         self._rules = rules
+        self._dedup = dedup
         self._source_topic = settings.topic(TOPIC_BY_ACCOUNT)
         self._transitions_topic = settings.topic(TOPIC_STAGE_TRANSITIONS)
         self.schedule = FallbackSchedule(
@@ -69,16 +75,16 @@ class StageClock:
                 return
             async with checkpoint.lock:
                 if self._stale and not checkpoint.closed:
-                    await self.emit(self.advance([]))
+                    self._rescan()
+                    await self.emit(self.schedule.settle_due(self._states.state_for, self._states.states_in, self._rules, self._config))
 
-    def advance(self, applied: Iterable[dict[str, Any]]) -> list[StageTransition]:
-        """Settles what is due once the batch's events moved the watermarks; the caller
-        holds the checkpoint lock."""
+    def fold(self, messages: Iterable[Message]) -> Folded:
+        """Folds the messages' events into their accounts and settles what each message
+        made due (processors.watermarks.fold_messages); the caller holds the checkpoint lock."""
         if self._stale:
             self._rescan()
-        for account_id in {event["account_id"] for event in applied}:
-            self.schedule.note(self._states.state_for(account_id))
-        return self.schedule.settle_due(self._states.state_for, self._states.states_in, self._rules, self._config)
+        states = self._states
+        return fold_messages(messages, states.state_for, states.states_in, self.schedule, self._config, self._rules, self._dedup)
 
     async def emit(self, transitions: list[StageTransition]) -> None:
         """To ClickHouse (buffered) and Kafka; the caller holds the checkpoint lock."""

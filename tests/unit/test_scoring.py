@@ -16,7 +16,7 @@ from processors.routing import route_batch
 from processors.rules import merged, parse_rules
 from processors.scoring import DAY_MS, RETENTION_DAYS, AccountState, apply_event, engaged_contacts, rolling_counts, score_at, seniority_of
 from processors.stages import STAGE_RANK, fall_back_until
-from processors.watermarks import FallbackSchedule
+from processors.watermarks import FallbackSchedule, fold_messages
 from schemas.events import EVENT_TYPES
 from streams.rows import account_rows
 from streams.rules import DEFAULT_RULES, load_rules
@@ -478,6 +478,96 @@ def test_held_events_give_the_same_stages_in_any_arrival_order_and_batching(item
     assert transitions == expected
     assert (held.stage, held.events_total, held.held) == (in_order.stage, in_order.events_total, [])
     assert math.isclose(score_at(held, end, CONFIG), score_at(in_order, end, CONFIG), rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _interleaved(per_partition, rnd):
+    """The partitions' messages in one fetch order: each partition's in its own order."""
+    queues = {p: list(messages) for p, messages in per_partition.items() if messages}
+    while queues:
+        p = rnd.choice(sorted(queues))
+        yield p, queues[p].pop(0)
+        if not queues[p]:
+            del queues[p]
+
+
+def _in_batches(messages, rnd):
+    cuts = sorted(rnd.randint(0, len(messages)) for _ in range(rnd.randint(0, 4)))
+    return [messages[a:b] for a, b in zip([0, *cuts], [*cuts, len(messages)])]
+
+
+class _Worker:
+    """The score agent's folding, one fetched batch at a time, with its states and schedule."""
+
+    def __init__(self, partitions, states=None):
+        self.partitions = partitions
+        self.states = states or {}
+        self.schedule = FallbackSchedule(partitions, lateness_ms=0, capacity=2)
+        self.schedule.reset(range(partitions))
+        self.transitions = self.schedule.settle_due(self.state_for, self.states_in, RULES, CONFIG)  # a start
+
+    def state_for(self, account):
+        return self.states.setdefault(account, AccountState(account))
+
+    def states_in(self, partition):
+        return [s for a, s in self.states.items() if account_partition(a, self.partitions) == partition]
+
+    def consume(self, batch):
+        self.transitions += fold_messages(batch, self.state_for, self.states_in, self.schedule, CONFIG, RULES, DEDUP).transitions
+
+    def saved_states(self):
+        return {a: AccountState.from_bytes(s.to_bytes()) for a, s in self.states.items()}
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.integers(0, 3), journey_events.map(lambda items: items[:6])), min_size=1, max_size=8), st.randoms())
+def test_a_replay_after_a_crash_derives_the_transitions_of_the_first_run(accounts_events, rnd):
+    """With no allowed lateness (events arrive out of order, many late), the transitions
+    depend only on each partition's messages: not on the fetch order across partitions,
+    the fetched batches, or a crash that replays messages from the last saved states,
+    whose transitions were stored already (stage_transitions keeps one row per key)."""
+    partitions = 2
+    events = [
+        dict(journey_event(item), account_id=f"a{account}", _origin=(f"raw-{account}-{i}", 0, 0))
+        for account, items in accounts_events
+        for i, item in enumerate(items)
+    ]
+    rnd.shuffle(events)
+    per_partition = {p: [] for p in range(partitions)}
+    for event in events:
+        per_partition[account_partition(event["account_id"], partitions)].append(event)
+    messages = {}
+    for p, in_order in per_partition.items():  # (partition, [((offset, index), event)])
+        chunks = _in_batches(in_order, rnd)
+        messages[p] = [(p, [((offset, index), dict(e)) for index, e in enumerate(chunk)]) for offset, chunk in enumerate(chunks) if chunk]
+
+    def copies(ms):
+        return [(p, [(position, dict(e)) for position, e in positioned]) for p, positioned in ms]
+
+    first = _Worker(partitions)
+    for batch in _in_batches(list(m for _, m in _interleaved({p: copies(ms) for p, ms in messages.items()}, rnd)), rnd):
+        first.consume(batch)
+
+    crashed = _Worker(partitions)
+    fetched = [m for _, m in _interleaved({p: copies(ms) for p, ms in messages.items()}, rnd)]
+    saved_at = rnd.randint(0, len(fetched))
+    crashed_at = rnd.randint(saved_at, len(fetched))
+    crashed.consume(fetched[:saved_at])
+    saved = crashed.saved_states()
+    crashed.consume(fetched[saved_at:crashed_at])  # their transitions stored, their states lost
+    restarted = _Worker(partitions, saved)
+    committed = Counter(p for p, _ in fetched[:saved_at])
+    rest = {p: copies(ms[committed[p]:]) for p, ms in messages.items()}
+    for batch in _in_batches([m for _, m in _interleaved(rest, rnd)], rnd):
+        restarted.consume(batch)
+
+    def stored(transitions):  # the table's key
+        return {(t.account_id, t.at_ms, t.to_stage, t.from_stage) for t in transitions}
+
+    assert stored(crashed.transitions + restarted.transitions) == stored(first.transitions)
+    assert len(stored(first.transitions)) == len(first.transitions)
+    assert {a: (s.stage, s.events_total, s.held) for a, s in restarted.states.items()} == {
+        a: (s.stage, s.events_total, s.held) for a, s in first.states.items()
+    }
 
 
 def test_held_events_wait_for_the_watermark_of_their_partition():
