@@ -137,9 +137,10 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
         sink,
         states,
         OffsetGuard(app),
-        lambda s: account_rows(s.dirty_states(), int(time.time() * 1000), config),
+        lambda changed: account_rows(changed, int(time.time() * 1000), config),
         max_rows=settings.checkpoint_max_rows,
         interval_s=settings.checkpoint_interval_s,
+        state_interval_s=settings.state_interval_s,
     )
     guard = checkpoint.guard
     stage_clock = StageClock(app, settings, states, checkpoint, sink, stats, config, rules, dedup)
@@ -293,7 +294,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
                 await stage_clock.emit(folded.transitions)
                 stats.applied += len(folded.applied)
                 stats.duplicates += folded.duplicates
-                checkpoint.track(fresh)
+                checkpoint.track(fresh, in_state=True)
                 await checkpoint.commit_if_due()
 
     @app.timer(settings.checkpoint_interval_s)

@@ -16,6 +16,21 @@ the broker and a thread, not for Python), but at most one checkpoint is in fligh
 next one waits for it before taking, so the steps of consecutive checkpoints never
 interleave and a stalled store stops the agents within one interval.
 
+Rows go to ClickHouse at every checkpoint (``interval_s``: the latency of the data);
+states are written less often (``state_interval_s``), because with every account
+touched each second, serialising and storing all of them was most of a live worker's
+fixed cost. Step 2 is then skipped, and so are the commits of the events whose effects
+live in states (``track(..., in_state=True)``): they wait for the checkpoint that writes
+the states, as they would after a crash. States are also written when more of them wait
+than the state cache holds, when a checkpoint finds nothing newly consumed (a drained
+backlog is committed at once), and on revocation and shutdown (``commit``). After a
+crash the events since the last state write come again: their event rows are skipped by
+the restart guard (by position), account rows and stage transitions are derived again
+exactly as they were (ReplacingMergeTree tables: one row each under FINAL). Exactly,
+because transitions depend only on each partition's forwarded messages, not on how they
+were fetched (streams.staging); before that, a replay could derive other transitions
+for events later than the allowed lateness than those already stored.
+
 Nothing is acknowledged to Faust, so its own commits (on rebalance or stop) have nothing
 to commit; its periodic commit timer is switched off in streams.app.
 """
@@ -29,23 +44,34 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from streams.offsets import OffsetGuard
 from streams.sink import ClickHouseSink, TableBuffer
+from processors.scoring import AccountState
 from streams.state import AccountStates, StateChange
 
 log = logging.getLogger(__name__)
+
+
+class Consumed(NamedTuple):
+    """Where a consumed message was: all a checkpoint needs of it."""
+
+    tp: Any
+    topic: str
+    partition: int
+    offset: int
 
 
 @dataclass(slots=True)
 class CheckpointBatch:
     """What one checkpoint makes durable, taken at one instant."""
 
-    messages: list[Any]  # consumed Kafka messages, their offsets to commit
+    consumed: list[Any]  # Kafka messages consumed since the previous checkpoint: name its inserts
+    to_commit: list[Any]  # messages whose offsets it commits
     rows: dict[str, TableBuffer]  # ClickHouse rows by table
-    states: list[StateChange]  # changed account states as bytes
-    processed: dict[Any, int]  # the OffsetGuard's extent, committed with the offsets
+    states: list[StateChange]  # changed account states as bytes; none when not their turn
+    processed: dict[Any, int]  # the OffsetGuard's extent of the partitions it commits
 
 
 class Checkpoint:
@@ -55,9 +81,10 @@ class Checkpoint:
         sink: ClickHouseSink,
         states: AccountStates,
         guard: OffsetGuard,
-        account_rows: Callable[[AccountStates], list[Sequence[Any]]],
+        account_rows: Callable[[list[AccountState]], list[Sequence[Any]]],
         max_rows: int,
         interval_s: float,
+        state_interval_s: float,
     ) -> None:
         self._app = app
         self._sink = sink
@@ -66,47 +93,65 @@ class Checkpoint:
         self._account_rows = account_rows
         self._max_rows = max_rows
         self._interval_s = interval_s
-        self._pending: list[Any] = []  # consumed Kafka messages not yet taken by a checkpoint
+        self._state_interval_s = state_interval_s
+        self._pending: list[Any] = []  # consumed messages not yet taken by a checkpoint
+        self._pending_in_state: list[Any] = []  # the same, their effects in account states
+        self._awaiting_states: list[Any] = []  # taken, committed with the next states written
         self._run_id = uuid.uuid4().hex  # this process's checkpoints: see _dedup_token
         self._in_flight: asyncio.Task[None] | None = None  # the checkpoint being made durable
-        self._started_at = time.monotonic()
+        self._started_at = self._states_taken_at = time.monotonic()
         self.lock = asyncio.Lock()  # agents hold it while they change pending work
         self.closed = False  # set by the final checkpoint: no more work may start
         self.commits = 0
         self.last_commit_at: float | None = None
 
-    def track(self, messages: Iterable[Any]) -> None:
-        self._pending.extend(messages)
+    def track(self, messages: Iterable[Any], in_state: bool = False) -> None:
+        """Consumed messages, processed; ``in_state``: their effects live in account states
+        (kept without their payloads, which may wait for several checkpoints)."""
+        if in_state:
+            self._pending_in_state.extend(Consumed(m.tp, m.topic, m.partition, m.offset) for m in messages)
+        else:
+            self._pending.extend(messages)
 
     @property
     def pending_events(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._pending_in_state) + len(self._awaiting_states)
 
     def _has_work(self) -> bool:
         # changed states alone too: fall-backs and held events the watermark settled
-        return bool(self._pending or self._sink.pending_rows or self._states.changed)
+        return bool(self._pending or self._pending_in_state or self._sink.pending_rows or self._states.changed)
 
-    def due(self) -> bool:
-        return self._has_work() and (
-            self._sink.pending_rows >= self._max_rows
-            or time.monotonic() - self._started_at >= self._interval_s
+    def _owes_states(self) -> bool:
+        return bool(self._awaiting_states or self._states.unwritten)
+
+    def _states_due(self) -> bool:
+        return (
+            self._states.over_cache
+            or time.monotonic() - self._states_taken_at >= self._state_interval_s
+            or not (self._pending or self._pending_in_state)  # nothing new: the backlog is drained
         )
 
+    def due(self) -> bool:
+        if self._has_work():
+            return self._sink.pending_rows >= self._max_rows or time.monotonic() - self._started_at >= self._interval_s
+        return self._owes_states() and time.monotonic() - self._started_at >= self._interval_s
+
     async def commit(self) -> None:
-        """Make everything done so far durable, and wait for it; the caller holds ``lock``."""
-        await self._start()
+        """Make everything done so far durable, states included, and wait for it; the
+        caller holds ``lock``."""
+        await self._start(with_states=True)
         await self._finish_in_flight()
 
     async def commit_if_due(self) -> None:
         """Start a checkpoint if one is due; the caller holds ``lock``."""
         if self.due():
-            await self._start()
+            await self._start(with_states=False)
         elif self._in_flight is not None and self._in_flight.done():
             await self._finish_in_flight()  # its failure surfaces here, in an agent
 
-    async def _start(self) -> None:
+    async def _start(self, with_states: bool) -> None:
         await self._finish_in_flight()
-        batch = self._take()
+        batch = self._take(with_states or self._states_due())
         if batch is not None:
             self._in_flight = asyncio.create_task(self._make_durable(batch), name="checkpoint")
 
@@ -115,26 +160,38 @@ class Checkpoint:
         if task is not None:
             await task
 
-    def _take(self) -> CheckpointBatch | None:
+    def _take(self, with_states: bool) -> CheckpointBatch | None:
         self._started_at = time.monotonic()
-        if not self._has_work():
+        if not (self._has_work() or (with_states and self._owes_states())):
             return None
-        self._sink.add("account_scores", self._account_rows(self._states))
-        messages, self._pending = self._pending, []
-        return CheckpointBatch(messages, self._sink.take(), self._states.take_changes(), self.guard.processed())
+        self._sink.add("account_scores", self._account_rows(self._states.take_changed()))
+        free, in_state = self._pending, self._pending_in_state
+        self._pending, self._pending_in_state = [], []
+        self._awaiting_states += in_state
+        processed = self.guard.processed()
+        if with_states:
+            to_commit, self._awaiting_states = free + self._awaiting_states, []
+            states = self._states.take_changes()
+            self._states_taken_at = self._started_at
+        else:  # the partitions of events waiting for their states keep their committed extent
+            to_commit, states = free, []
+            waiting = {message.tp for message in self._awaiting_states}
+            processed = {tp: offset for tp, offset in processed.items() if tp not in waiting}
+        consumed = free + in_state
+        return CheckpointBatch(consumed, to_commit, self._sink.take(), states, processed)
 
     async def _make_durable(self, batch: CheckpointBatch) -> None:
         # 1. flush the ClickHouse sink
         # a batch of no consumed event (settled states, re-resolutions) has nothing to name it by
-        token = _dedup_token(self._run_id, batch.messages) if batch.messages else uuid.uuid4().hex
+        token = _dedup_token(self._run_id, batch.consumed) if batch.consumed else uuid.uuid4().hex
         await self._sink.write(batch.rows, token)
         # 2. write state changelogs
         self._states.write(batch.states)
         # 3. flush the producer
         await self._app.producer.flush()
         # 4. commit the offsets of the consumed messages
-        if batch.messages:
-            await self._app.consumer._commit(next_offsets(batch.messages))
+        if batch.to_commit:
+            await self._app.consumer._commit(next_offsets(batch.to_commit))
         self.guard.mark_committed(batch.processed)
         self.commits += 1
         self.last_commit_at = time.time()
@@ -168,7 +225,7 @@ class Checkpoint:
         if self._in_flight is not None:
             self._in_flight.cancel()
             self._in_flight = None
-        self._pending = []
+        self._pending, self._pending_in_state, self._awaiting_states = [], [], []
         self._sink.discard()
         self._states.forget()
         self.guard.reset_to_committed()

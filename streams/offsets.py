@@ -52,8 +52,9 @@ class OffsetGuard:
         return dict(self._processed)
 
     def mark_committed(self, processed: dict[Any, int]) -> None:
-        """A checkpoint taken when ``processed()`` was this has committed."""
-        self._committed = processed
+        """A checkpoint taken when ``processed()`` was this (for the partitions it
+        committed) has committed."""
+        self._committed.update(processed)
 
     def reset_to_committed(self) -> None:
         self._processed = dict(self._committed)

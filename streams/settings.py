@@ -59,7 +59,12 @@ class Settings(BaseSettings):
     schedule_accounts_per_partition: int = Field(
         20_000, ge=1, description="accounts due soonest the fall-back schedule keeps in memory per partition; the rest are found by scanning"
     )
-    checkpoint_interval_s: float = Field(1.0, gt=0, description="checkpoint at least this often")
+    checkpoint_interval_s: float = Field(
+        0.75, gt=0, description="checkpoint at least this often (rows reach ClickHouse): the latency of the data"
+    )
+    state_interval_s: float = Field(
+        5.0, gt=0, description="write changed account states (RocksDB, changelog) and commit the events behind them at least this often"
+    )
     log_format: Literal["text", "json"] = Field("text", description="worker logs: coloured text, or one JSON object per line")
     session_timeout_s: float = Field(
         15.0, ge=6, description="a worker that stops heartbeating (killed, frozen) loses its partitions after this long"

@@ -1,5 +1,7 @@
 """Per-account state: kept in memory while it changes, written to the Faust table (its
-store and changelog) once per checkpoint, never once per event."""
+store and changelog) at a checkpoint, never once per event. A state's ClickHouse row is
+taken at every checkpoint it changed before; its bytes may wait for a later one (see
+streams.checkpoint), which is why the two are tracked apart."""
 
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ class AccountStates:
         self._partitions = partitions
         self._max_cached = max_cached
         self._cache: dict[str, AccountState] = {}
-        self._dirty: set[str] = set()
+        self._changed: set[str] = set()  # since their rows were last taken
+        self._unwritten: set[str] = set()  # rows taken since, bytes not yet
 
     @property
     def cached(self) -> int:
@@ -32,13 +35,24 @@ class AccountStates:
             raw = self._table.data.get(account_id.encode())
             state = AccountState.from_bytes(raw) if raw is not None else AccountState(account_id)
             self._cache[account_id] = state
-        self._dirty.add(account_id)
+        self._changed.add(account_id)
         return state
 
     @property
     def changed(self) -> int:
+        """Accounts changed since the last ``take_changed``."""
+        return len(self._changed)
+
+    @property
+    def unwritten(self) -> int:
         """Accounts changed since the last ``take_changes``."""
-        return len(self._dirty)
+        return len(self._unwritten) + len(self._changed)
+
+    @property
+    def over_cache(self) -> bool:
+        """More states wait to be written than memory should hold (only written ones may
+        leave it): they must be written now."""
+        return self.unwritten >= self._max_cached
 
     def states_in(self, partition: int) -> Iterator[AccountState]:
         """Every state of the partition as it stands now (from memory where it is there,
@@ -49,21 +63,27 @@ class AccountStates:
             if key.decode() not in self._cache:
                 yield AccountState.from_bytes(raw)
 
-    def dirty_states(self) -> list[AccountState]:
-        return [self._cache[account_id] for account_id in self._dirty]
+    def take_changed(self) -> list[AccountState]:
+        """The states changed since the last call (for their rows); they stay unwritten
+        until ``take_changes``."""
+        changed = [self._cache[account_id] for account_id in self._changed]
+        self._unwritten |= self._changed
+        self._changed = set()
+        return changed
 
     def take_changes(self) -> list[StateChange]:
-        """The changed states as they are now, to be written by ``write``.
+        """The unwritten states as they are now, to be written by ``write``.
 
-        Called when the previous changes are written, so every clean state is in the
-        store and may leave memory; changed ones stay until their bytes are written.
+        Called when the previous changes are written, so every other state is in the
+        store and may leave memory; unwritten ones stay until their bytes are written.
         """
-        self._evict_clean()
+        self._evict_written()
+        unwritten = self._unwritten | self._changed
         changes = [
             (account_partition(account_id, self._partitions), account_id.encode(), self._cache[account_id].to_bytes())
-            for account_id in self._dirty
+            for account_id in unwritten
         ]
-        self._dirty.clear()
+        self._unwritten = set()
         return changes
 
     def write(self, changes: list[StateChange]) -> None:
@@ -75,14 +95,15 @@ class AccountStates:
     def forget(self) -> None:
         """Drop the in-memory copies: after a revocation the table is the truth again."""
         self._cache.clear()
-        self._dirty.clear()
+        self._changed.clear()
+        self._unwritten.clear()
 
-    def _evict_clean(self) -> None:
+    def _evict_written(self) -> None:
         # Oldest-inserted first.
         excess = len(self._cache) - self._max_cached
         if excess > 0:
-            clean = (account_id for account_id in self._cache if account_id not in self._dirty)
-            for account_id in list(islice(clean, excess)):
+            written = (a for a in self._cache if a not in self._changed and a not in self._unwritten)
+            for account_id in list(islice(written, excess)):
                 del self._cache[account_id]
 
 
