@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import secrets
 import time
 
@@ -39,15 +40,26 @@ def wait_until_processing(workers: list[WorkerProcess], timeout_s: float = 90) -
 
 def path_end(moves: list[dict]) -> str | None:
     """Where the account's transitions lead from target, each used once in event-time
-    order; None when they do not chain (one lost or doubled)."""
-    stage, remaining = "target", sorted(moves, key=lambda m: m["at"])
-    while remaining:
-        step = next((m for m in remaining if m["at"] == remaining[0]["at"] and m["from_stage"] == stage), None)
-        if step is None:
+    order; None when they do not chain (one lost or doubled). Moves at the same time may
+    chain in any order: a fall-back and late events evaluated at its time share it."""
+    stage: str | None = "target"
+    for _, same_time in itertools.groupby(sorted(moves, key=lambda m: m["at"]), key=lambda m: m["at"]):
+        stage = chain_end(stage, list(same_time))
+        if stage is None:
             return None
-        remaining.remove(step)
-        stage = step["to_stage"]
     return stage
+
+
+def chain_end(stage: str, moves: list[dict]) -> str | None:
+    """The stage reached from ``stage`` using every move once, if some order chains them."""
+    if not moves:
+        return stage
+    for index, move in enumerate(moves):
+        if move["from_stage"] == stage:
+            end = chain_end(move["to_stage"], moves[:index] + moves[index + 1 :])
+            if end is not None:
+                return end
+    return None
 
 
 def test_two_workers_split_the_partitions_and_one_survives_the_others_kill(kafka_bootstrap, tmp_path):
