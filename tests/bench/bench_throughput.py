@@ -19,8 +19,10 @@ Starts its own broker, produces N simulated events, then measures on the same to
               phase: comparable between runs on a shared machine, unlike the rates;
   memory      the worker's RSS after the run, and with --state-accounts A, after one
               event for each of A more accounts (RocksDB store), now and at its peak;
-  recovery    with --state-accounts, the worker killed with SIGKILL and started again:
-              seconds until /readyz answers 200 (state restored, consuming).
+  recovery    with --state-accounts, the worker killed with SIGKILL, one event sent to a
+              new account meanwhile, and the worker started again: seconds until
+              /readyz answers 200 (state restored, group joined), and until that event
+              is processed and committed (consuming again).
 
 Then checks that ClickHouse holds every event exactly once and that the accounts' event
 totals add up to it, and prints one JSON line. Not part of the test suite: numbers
@@ -129,7 +131,7 @@ def produce(settings: Settings, seed: int, accounts: int, count: int, rate: floa
     assert sum(counts.values()) == count, counts
 
 
-async def one_event_per_account(settings: Settings, accounts: int) -> None:
+async def one_event_per_account(settings: Settings, accounts: int, prefix: str = "state") -> None:
     """A page view for each of ``accounts`` accounts of their own (by explicit account id)."""
     topic = settings.topic(EVENT_TYPES["page_view"].topic)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=20, max_batch_size=1 << 20)
@@ -139,7 +141,7 @@ async def one_event_per_account(settings: Settings, accounts: int) -> None:
         for start in range(0, accounts, 10_000):
             futures = []
             for n in range(start, min(start + 10_000, accounts)):
-                account = f"state-{n:07d}"
+                account = f"{prefix}-{n:07d}"
                 event = {"event_id": account, "type": "page_view", "occurred_at": now_ms, "source": "bench", "account_id": account, "url": "https://x.example/"}
                 futures.append(await producer.send(topic, orjson.dumps(event), key=account.encode()))
             await asyncio.gather(*futures)
@@ -212,11 +214,14 @@ def run(events: int, accounts: int, latency_s: float, state_accounts: int, workd
             result["state_rss_mib"] = round(worker.rss_bytes() / 2**20)
             result["state_peak_rss_mib"] = round(worker.rss_bytes(peak=True) / 2**20)
             worker.kill()
+            # ready is not yet consuming: the restarted worker must also take in this event
+            asyncio.run(one_event_per_account(settings, 1, prefix="after-kill"))
+            total += 1
             restarted = time.monotonic()
             worker.start(ready_timeout_s=600)
             wait_ready(worker, timeout_s=600)
             result["recovery_s"] = round(time.monotonic() - restarted, 1)
-            worker.wait_drained(timeout_s=600, poll_s=1.0)
+            result["recovery_to_consumed_s"] = round(worker.wait_drained(timeout_s=600, poll_s=0.2) - restarted, 1)
         status = worker.status() or {}
         assert worker.stop() == 0, worker.log_tail()
     finally:
