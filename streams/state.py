@@ -45,8 +45,9 @@ class AccountStates:
 
     @property
     def unwritten(self) -> int:
-        """Accounts changed since the last ``take_changes``."""
-        return len(self._unwritten) + len(self._changed)
+        """Accounts changed since the last ``take_changes`` (one changed again since its
+        row was taken is in both sets, and counts once)."""
+        return len(self._unwritten | self._changed)
 
     @property
     def over_cache(self) -> bool:
