@@ -1,7 +1,9 @@
 """Event time per partition, and the accounts due as it passes.
 
-A partition's watermark is the latest event time its accounts have seen minus the
-allowed lateness: events older than it are not expected any more. Once it passes an
+A partition's watermark is the latest event time of its messages minus the allowed
+lateness: events older than it are not expected any more. It moves with the messages
+alone (every event in them counts, replayed and duplicate ones too), so a replay that
+starts from a committed watermark moves it exactly as the first run did. Once it passes an
 account's earliest held event (processors.accounts) or its fall-back time
 (``AccountState.fallback_at_ms``), the account is settled up to the watermark, also
 when it has no new events. The schedule indexes accounts by the earlier of those times,
@@ -12,15 +14,18 @@ up to a horizon (an order of (due time, account)); the accounts beyond it are fo
 again by scanning the partition's states once the watermark reaches the horizon. With a
 million accounts, most of them due months ahead, the schedule holds a few percent.
 
-Nothing here is persisted: after a restart or a rebalance the schedule scans the
-partitions' stored states again, which also gives back the watermarks.
+Only the watermarks are persisted, by the caller, with the offsets they belong to
+(streams.staging); after a restart or a rebalance the schedule scans the partitions'
+stored states again. Without a committed watermark (offsets committed before there
+was one) it is rebuilt from the stored states' latest event times: exact only when the
+states are exactly those of the committed offsets.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +43,8 @@ UNSCANNED: Entry = (-math.inf, "")  # horizon of a partition not scanned yet: it
 @dataclass(slots=True)
 class _Partition:
     horizon: Entry
-    latest: int = -1  # latest event time of its accounts
+    latest: int = -1  # latest event time of its messages; -1: none yet
+    latest_from_states: bool = False  # unknown: the first scan takes it from the states
     queue: list[Entry] = field(default_factory=list)  # heap; entries whose due time changed since are stale
     due: dict[str, int] = field(default_factory=dict)  # account -> its due time in the queue
 
@@ -56,20 +62,38 @@ class FallbackSchedule:
         """Accounts kept in memory."""
         return sum(len(p.due) for p in self._by_partition.values())
 
-    def reset(self, partitions: Iterable[int]) -> None:
-        """Forgets everything; the next ``settle_due`` scans these partitions' states."""
-        self._by_partition = {partition: _Partition(UNSCANNED) for partition in partitions}
+    def reset(self, partitions: Iterable[int], latest: Mapping[int, int]) -> None:
+        """Forgets everything; the next ``settle_due`` scans these partitions' states.
+        ``latest``: the latest event time of each partition's messages up to where its
+        stored work begins (-1: none); a partition missing from it takes the latest of
+        its stored states."""
+        self._by_partition = {
+            partition: _Partition(UNSCANNED, latest.get(partition, -1), latest_from_states=partition not in latest)
+            for partition in partitions
+        }
+
+    def latest(self, partition: int) -> int:
+        """The latest event time of the partition's messages so far; -1: none."""
+        held = self._by_partition.get(partition)
+        return -1 if held is None else held.latest
 
     def watermark(self, partition: int) -> int | None:
         held = self._by_partition.get(partition)
         return None if held is None or held.latest < 0 else held.latest - self._lateness_ms
 
-    def note(self, state: AccountState) -> None:
-        """Takes in the account's latest event time and when it is due next."""
-        partition = account_partition(state.account_id, self._partitions)
+    def advance(self, partition: int, event_ms: int) -> None:
+        """Takes in the event time of a message's event."""
+        held = self._partition(partition)
+        if event_ms > held.latest:
+            held.latest = event_ms
+
+    def _partition(self, partition: int) -> _Partition:
         # a partition never reset and never noted holds no states yet: nothing lies beyond
-        held = self._by_partition.setdefault(partition, _Partition(EVERYTHING))
-        held.latest = max(held.latest, state.latest_seen_ms)
+        return self._by_partition.setdefault(partition, _Partition(EVERYTHING))
+
+    def note(self, state: AccountState) -> None:
+        """Takes in when the account is due next."""
+        held = self._partition(account_partition(state.account_id, self._partitions))
         at = _due_at(state)
         if held.due.get(state.account_id, 0) == at:
             return
@@ -121,12 +145,14 @@ class FallbackSchedule:
     def _scan(self, held: _Partition, states: Iterable[AccountState]) -> None:
         def entries() -> Iterator[Entry]:
             for state in states:
-                held.latest = max(held.latest, state.latest_seen_ms)
+                if held.latest_from_states:
+                    held.latest = max(held.latest, state.latest_seen_ms)
                 at = _due_at(state)
                 if at:
                     yield at, state.account_id
 
         self._keep_nearest(held, entries())
+        held.latest_from_states = False
 
     def _keep_nearest(self, held: _Partition, entries: Iterable[Entry]) -> None:
         """Keeps the ``capacity`` nearest of the partition's entries (all of them when
@@ -161,10 +187,12 @@ def fold_messages(
     rules: StageRules,
     dedup: DedupPolicy,
 ) -> Folded:
-    """Folds forwarded messages in order, their events held, and settles each message's
-    partition after it. A partition's transitions then depend only on its sequence of
-    messages, never on how they were fetched in batches: a replay after a crash derives
-    the transitions the first run did, events later than the allowed lateness included."""
+    """Folds forwarded messages in order, their events held, advances each message's
+    partition's watermark by its events and settles the partition after it. A
+    partition's transitions then depend only on its sequence of messages, never on how
+    they were fetched in batches: a replay after a crash, from the committed offset and
+    watermark, derives the transitions the first run did, events later than the allowed
+    lateness included, also for accounts whose stored states are ahead of that offset."""
     folded = Folded()
     for partition, positioned in messages:
         part = fold_events(positioned, state_for, config, rules, dedup, hold=True)
@@ -173,5 +201,7 @@ def fold_messages(
         folded.replayed += part.replayed
         for account_id in {event["account_id"] for event in part.applied}:
             schedule.note(state_for(account_id))
+        if positioned:
+            schedule.advance(partition, max(event["occurred_at_ms"] for _, event in positioned))
         folded.transitions += schedule.settle_due(state_for, states_in, rules, config, (partition,))
     return folded

@@ -138,6 +138,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
         states,
         OffsetGuard(app),
         lambda changed: account_rows(changed, int(time.time() * 1000), config),
+        lambda tp: stage_clock.offset_metadata(tp),  # the stage clock is built on the checkpoint
         max_rows=settings.checkpoint_max_rows,
         interval_s=settings.checkpoint_interval_s,
         state_interval_s=settings.state_interval_s,
@@ -311,11 +312,11 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
     @app.on_partitions_assigned.connect
     async def on_assigned(_app: Any, assigned: set[Any], **_: Any) -> None:
         owned = {tp.partition for tp in assigned if tp.topic == by_account_topic.get_topic_name()}
-        lags = await group_lag(settings.kafka_bootstrap, settings.app_id, [by_account_topic.get_topic_name()])
-        committed = {item.partition: item.committed for item in lags if item.partition in owned}
+        lags = [item for item in await group_lag(settings.kafka_bootstrap, settings.app_id, [by_account_topic.get_topic_name()]) if item.partition in owned]
         async with checkpoint.lock:
             stored_ahead.clear()
-            stored_ahead.update(await sink.call(stored_event_positions, committed))
+            stored_ahead.update(await sink.call(stored_event_positions, {item.partition: item.committed for item in lags}))
+            stage_clock.assigned({item.partition: (item.committed, item.metadata) for item in lags})
         stored_ahead_known.set()
 
     registry = CollectorRegistry()

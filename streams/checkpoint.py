@@ -8,7 +8,8 @@ instant under the agents' lock, everything they did since the previous one (a
   1. flush the ClickHouse sink (account rows of the changed states included);
   2. write the changed account states to the table store and its changelog topic;
   3. flush the producer (forwarded events, dead letters, changelog messages);
-  4. commit the offsets of the consumed events.
+  4. commit the offsets of the consumed events, each with its partition's metadata as
+     of the take (``offset_metadata``: the score partitions' watermarks).
 
 An offset is therefore committed only once everything derived from it is stored. The
 four steps run while the agents go on with the next batches (they wait for ClickHouse,
@@ -46,6 +47,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from aiokafka.structs import OffsetAndMetadata
+
 from streams.offsets import OffsetGuard
 from streams.sink import ClickHouseSink, TableBuffer
 from processors.scoring import AccountState
@@ -68,7 +71,7 @@ class CheckpointBatch:
     """What one checkpoint makes durable, taken at one instant."""
 
     consumed: list[Any]  # Kafka messages consumed since the previous checkpoint: name its inserts
-    to_commit: list[Any]  # messages whose offsets it commits
+    positions: dict[Any, OffsetAndMetadata]  # what it commits, per partition
     rows: dict[str, TableBuffer]  # ClickHouse rows by table
     states: list[StateChange]  # changed account states as bytes; none when not their turn
     processed: dict[Any, int]  # the OffsetGuard's extent of the partitions it commits
@@ -82,6 +85,7 @@ class Checkpoint:
         states: AccountStates,
         guard: OffsetGuard,
         account_rows: Callable[[list[AccountState]], list[Sequence[Any]]],
+        offset_metadata: Callable[[Any], str],
         max_rows: int,
         interval_s: float,
         state_interval_s: float,
@@ -91,6 +95,7 @@ class Checkpoint:
         self._states = states
         self.guard = guard
         self._account_rows = account_rows
+        self._offset_metadata = offset_metadata
         self._max_rows = max_rows
         self._interval_s = interval_s
         self._state_interval_s = state_interval_s
@@ -178,7 +183,8 @@ class Checkpoint:
             waiting = {message.tp for message in self._awaiting_states}
             processed = {tp: offset for tp, offset in processed.items() if tp not in waiting}
         consumed = free + in_state
-        return CheckpointBatch(consumed, to_commit, self._sink.take(), states, processed)
+        positions = {tp: OffsetAndMetadata(offset, self._offset_metadata(tp)) for tp, offset in next_offsets(to_commit).items()}
+        return CheckpointBatch(consumed, positions, self._sink.take(), states, processed)
 
     async def _make_durable(self, batch: CheckpointBatch) -> None:
         # 1. flush the ClickHouse sink
@@ -190,8 +196,8 @@ class Checkpoint:
         # 3. flush the producer
         await self._app.producer.flush()
         # 4. commit the offsets of the consumed messages
-        if batch.to_commit:
-            await self._app.consumer._commit(next_offsets(batch.to_commit))
+        if batch.positions:
+            await self._app.consumer._commit(batch.positions)
         self.guard.mark_committed(batch.processed)
         self.commits += 1
         self.last_commit_at = time.time()

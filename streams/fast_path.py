@@ -17,15 +17,18 @@ OffsetGuard drops those fetched before a rebalance exactly as before.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from itertools import repeat
+from time import monotonic
 from typing import Any
 
 import faust
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from faust.transport.drivers.aiokafka import ensure_aiokafka_TP
 from faust.types import TP
 
 QUEUED_BATCHES = 2  # per agent: one being processed, one fetched ahead
@@ -90,6 +93,26 @@ class BatchConsumerThread(AIOKafkaConsumerThread):
         consumer._fetch_min_bytes = FETCH_MIN_BYTES
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
         return consumer
+
+    async def _commit(self, offsets: Mapping[TP, int | OffsetAndMetadata]) -> bool:
+        """Faust's commit, keeping the metadata the checkpoint commits with an offset
+        (Faust commits every offset with empty metadata)."""
+        assignment = self.assignment()
+        positions = {tp: p if isinstance(p, OffsetAndMetadata) else OffsetAndMetadata(p, "") for tp, p in offsets.items() if tp in assignment}
+        self.tp_last_committed_at.update(dict.fromkeys(positions, monotonic()))
+        try:
+            await self._ensure_consumer().commit({ensure_aiokafka_TP(tp): p for tp, p in positions.items()})
+        except CommitFailedError as exc:
+            if "already rebalanced" in str(exc):
+                return False
+            self.log.exception("Committing raised exception: %r", exc)
+            await self.crash(exc)
+            return False
+        except Exception as exc:  # as Faust's own commit: the worker cannot go on
+            self.log.exception("Committing raised exception: %r (assignment: %r)", exc, assignment)
+            await self.crash(exc)
+            return False
+        return True
 
 
 class BatchConsumer(AIOKafkaConsumer):

@@ -17,6 +17,7 @@ class PartitionLag:
     partition: int
     committed: int  # -1 when the group has committed nothing yet
     log_end: int
+    metadata: str = ""  # committed with the offset (streams.staging: a watermark)
 
     @property
     def lag(self) -> int:
@@ -37,7 +38,9 @@ async def group_lag(bootstrap: str, group: str, topics: list[str]) -> list[Parti
         await admin.close()
         await consumer.stop()
     return [
-        PartitionLag(tp.topic, tp.partition, committed[tp].offset if tp in committed else -1, log_end[tp])
+        PartitionLag(tp.topic, tp.partition, committed[tp].offset, log_end[tp], committed[tp].metadata)
+        if tp in committed
+        else PartitionLag(tp.topic, tp.partition, -1, log_end[tp])
         for tp in partitions
     ]
 

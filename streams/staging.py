@@ -11,12 +11,18 @@ to the stage-transitions topic through the app's producer, flushed by the checkp
 The schedule lives in memory, bounded (the accounts due soonest per partition), and
 scans the states of the partitions this worker owns whenever an assignment changes (and
 at start); fall-backs already due then are applied without waiting for new events.
+
+Each partition's watermark is committed with its offset, as the offset's metadata: a
+replay from that offset starts from the watermark the first run had there. Rebuilt
+from the stored states instead, it would start ahead whenever some states were stored
+after the commit (a crash while a checkpoint wrote them), and the replay would settle
+other accounts' late events differently than the first run did.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from processors.accounts import Folded
@@ -31,6 +37,8 @@ from streams.rows import transition_message, transition_rows
 from streams.settings import Settings
 from streams.sink import ClickHouseSink
 from streams.state import AccountStates
+
+WATERMARK_METADATA = "abm.latest-event-ms="  # + the latest event time of the partition's messages
 
 
 class StageClock:
@@ -61,11 +69,8 @@ class StageClock:
             int(settings.watermark_lateness_minutes * 60_000),
             capacity=settings.schedule_accounts_per_partition,
         )
-        self._stale = True
-
-        @app.on_partitions_assigned.connect
-        async def schedule_is_stale(_app: Any, _assigned: Any, **_: Any) -> None:
-            self._stale = True
+        self._committed_latest: dict[int, int] = {}
+        self._stale = False  # until the first assignment: nothing to scan
 
         @app.timer(settings.checkpoint_interval_s)
         async def apply_due_fall_backs() -> None:
@@ -77,6 +82,24 @@ class StageClock:
                 if self._stale and not checkpoint.closed:
                     self._rescan()
                     await self.emit(self.schedule.settle_due(self._states.state_for, self._states.states_in, self._rules, self._config))
+
+    def assigned(self, committed: Mapping[int, tuple[int, str]]) -> None:
+        """An assignment: the committed (offset, metadata) of each by-account partition
+        now owned (offset -1: none). Called before their messages are folded; the
+        schedule is rebuilt with their watermarks."""
+        self._committed_latest = {}
+        for partition, (offset, metadata) in committed.items():
+            if offset < 0:  # nothing committed: its messages come from the start
+                self._committed_latest[partition] = -1
+            elif metadata.startswith(WATERMARK_METADATA):
+                self._committed_latest[partition] = int(metadata.removeprefix(WATERMARK_METADATA))
+            # else committed without one (before there was one): taken from the states
+        self._stale = True
+
+    def offset_metadata(self, tp: Any) -> str:
+        """Committed with a by-account partition's offset: its watermark (the latest
+        event time of its messages); the caller holds the checkpoint lock."""
+        return f"{WATERMARK_METADATA}{self.schedule.latest(tp.partition)}" if tp.topic == self._source_topic else ""
 
     def fold(self, messages: Iterable[Message]) -> Folded:
         """Folds the messages' events into their accounts and settles what each message
@@ -101,5 +124,5 @@ class StageClock:
         # The tables have recovered; in-memory states were dropped on revocation (or
         # have just been changed and are noted again by the caller).
         owned = {tp.partition for tp in self._app.assignor.assigned_actives() if tp.topic == self._source_topic}
-        self.schedule.reset(owned)
+        self.schedule.reset(owned, self._committed_latest)
         self._stale = False

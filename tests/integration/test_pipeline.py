@@ -11,13 +11,17 @@ import time
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 
 from processors.identity import account_partition
 from processors.scoring import DAY_MS
 from streams.rules import load_rules
 from streams.simulator import encode, iter_events, produce_events
-from schemas.events import EVENT_TYPES, TOPIC_DEAD_LETTERS, TOPIC_STAGE_TRANSITIONS, TOPIC_UNRESOLVED
+from schemas.events import EVENT_TYPES, TOPIC_BY_ACCOUNT, TOPIC_DEAD_LETTERS, TOPIC_STAGE_TRANSITIONS, TOPIC_UNRESOLVED
 from deploy.local.kafka import free_port
+from streams.lag import group_lag
+from streams.staging import WATERMARK_METADATA
 from tests.integration.support import assert_store_exact, consume_all, isolated_settings, produce, query, start_worker
 
 pytestmark = pytest.mark.integration
@@ -207,6 +211,55 @@ def test_rebalance_hands_partitions_over_exactly(kafka_bootstrap, tmp_path):
                 latest[row["account_id"]] = row
     assert sum(r["events_total"] for r in latest.values()) == total
     assert sum(r["email_opens"] for r in latest.values()) == counts["email_open"]
+
+
+async def commit_by_hand(settings, partition: int, position: OffsetAndMetadata) -> None:
+    """Commits a by-account partition's position for the (empty) group, as its workers would."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.app_id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(settings.topic(TOPIC_BY_ACCOUNT), partition)
+        consumer.assign([tp])
+        await consumer.commit({tp: position})
+    finally:
+        await consumer.stop()
+
+
+def test_a_restarted_worker_resumes_from_the_watermark_committed_with_its_offsets(kafka_bootstrap, tmp_path):
+    """Each by-account partition's watermark is committed with its offset, and a worker
+    that starts takes it from there, not from its stored states (which a crash can leave
+    ahead of the offsets). An event held back by the allowed lateness shows which one
+    the worker used: the committed watermark is moved past it by hand, the states are not."""
+    settings = isolated_settings(kafka_bootstrap, tmp_path / "abm")
+    lateness = {"ABM_WATERMARK_LATENESS_MINUTES": str(24 * 60)}
+    now_ms = int(time.time() * 1000)
+    at = now_ms - 10 * 24 * HOUR_MS
+    partition = account_partition("acct-held", settings.topic_partitions)
+    by_account = settings.topic(TOPIC_BY_ACCOUNT)
+
+    worker = start_worker(settings, "first", lateness)
+    try:
+        asyncio.run(produce(kafka_bootstrap, [(settings.topic(EVENT_TYPES["page_view"].topic), b"acct-held", orjson.dumps(make(1, "page_view", "acct-held", "c1", at)))]))
+        worker.wait_drained(timeout_s=60)
+        assert worker.status()["stats"]["transitions"] == 0  # held: the watermark is a day behind it
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+    [committed] = [lag for lag in asyncio.run(group_lag(kafka_bootstrap, settings.app_id, [by_account])) if lag.committed >= 0]
+    assert (committed.partition, committed.committed, committed.metadata) == (partition, 1, f"{WATERMARK_METADATA}{at}")
+
+    asyncio.run(commit_by_hand(settings, partition, OffsetAndMetadata(1, f"{WATERMARK_METADATA}{now_ms}")))
+    worker = start_worker(settings, "second", lateness)
+    try:
+        deadline = time.monotonic() + 60
+        while (worker.status() or {}).get("stats", {}).get("transitions", 0) < 1:  # settled at start, with no new event
+            assert time.monotonic() < deadline, worker.log_tail()
+            time.sleep(0.1)
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+    transitions = query(settings, "SELECT account_id, from_stage, to_stage, toUnixTimestamp64Milli(at) AS at_ms FROM stage_transitions FINAL")
+    assert transitions == [{"account_id": "acct-held", "from_stage": "target", "to_stage": "awareness", "at_ms": at}]
+    [row] = query(settings, "SELECT account_id, events_total, stage FROM account_scores FINAL")
+    assert row == {"account_id": "acct-held", "events_total": 1, "stage": "awareness"}
 
 
 def test_every_event_delivered_three_times_counts_once(kafka_bootstrap, tmp_path):

@@ -32,6 +32,7 @@ class KafkaSide:
         self.journal = journal
         self.flushes = asyncio.Event()
         self.commits: list[dict[Any, int]] = []
+        self.metadata: list[dict[Any, str]] = []
         self.data: dict[bytes, bytes] = {}  # the table's store
         self.changelog: list[tuple[bytes, bytes]] = []
 
@@ -39,9 +40,11 @@ class KafkaSide:
         await self.flushes.wait()
         self.journal.append("producer flushed")
 
-    async def _commit(self, offsets: dict[Any, int]) -> bool:
+    async def _commit(self, positions: dict[Any, Any]) -> bool:
+        offsets = {tp: position.offset for tp, position in positions.items()}
         self.journal.append(" ".join(["committed", *(f"{tp[0]}/{tp[1]}:{offset}" if tp != TP else str(offset) for tp, offset in sorted(offsets.items()))]))
         self.commits.append(offsets)
+        self.metadata.append({tp: position.metadata for tp, position in positions.items()})
         return True
 
     def send_changelog(self, partition: int, key: bytes, value: bytes) -> None:
@@ -86,6 +89,7 @@ def protocol(
         states,
         OffsetGuard(app),
         lambda changed: [(state.account_id, state.events_total) for state in changed],
+        lambda tp: f"{tp[0]} at journal entry {len(journal)}",  # tells when it was asked for
         max_rows=1_000,
         interval_s=0.0,  # always due
         state_interval_s=state_interval_s,  # 0: states written at every checkpoint
@@ -137,6 +141,8 @@ def test_agents_go_on_while_a_checkpoint_is_made_durable_and_it_commits_only_wha
         # each changelog write holds the state as it was taken, not as it became later
         assert [AccountState.from_bytes(value).events_total for _, value in kafka.changelog] == [3, 5]
         assert AccountState.from_bytes(kafka.data[b"acme"]).events_total == 5
+        # so does each commit's metadata (a watermark, in the pipeline)
+        assert kafka.metadata == [{TP: "events.by-account at journal entry 0"}, {TP: "events.by-account at journal entry 4"}]
         assert checkpoint.commits == 2
 
     asyncio.run(asyncio.wait_for(scenario(), 60))

@@ -284,13 +284,16 @@ def test_the_watermark_applies_fall_backs_to_accounts_without_new_events():
     schedule = FallbackSchedule(partitions=1, lateness_ms=HOUR_MS, capacity=10)
     fold([dict(ev("page_view", T0), account_id="quiet")], states["quiet"])
     schedule.note(states["quiet"])
+    schedule.advance(0, T0)
     assert len(schedule) == 1 and schedule.watermark(0) == T0 - HOUR_MS
     for day in (10, 90):
         fold([dict(ev("page_view", T0 + day * DAY_MS), account_id="busy")], states["busy"])
         schedule.note(states["busy"])
+        schedule.advance(0, T0 + day * DAY_MS)
         assert schedule.settle_due(states.__getitem__, no_scan, RULES, CONFIG) == []
     fold([dict(ev("page_view", T0 + 91 * DAY_MS), account_id="busy")], states["busy"])
     schedule.note(states["busy"])
+    schedule.advance(0, T0 + 91 * DAY_MS)
     [fell] = schedule.settle_due(states.__getitem__, no_scan, RULES, CONFIG)  # watermark: day 91 - 1 h
     assert (fell.account_id, fell.to_stage, fell.at_ms) == ("quiet", "target", T0 + 90 * DAY_MS + 1)
     assert len(schedule) == 1  # only busy is still scheduled
@@ -409,8 +412,9 @@ def test_the_schedule_applies_exactly_the_fall_backs_a_scan_of_every_account_wou
         for states in (indexed, scanned):
             fold(events, states.setdefault(account, AccountState(account)))
         if restart:
-            schedule.reset(range(partitions))
+            schedule.reset(range(partitions), {})  # no committed watermarks: taken from the states
         schedule.note(indexed[account])
+        schedule.advance(account_partition(account, partitions), indexed[account].latest_seen_ms)
         got = schedule.settle_due(indexed.__getitem__, states_in, RULES, CONFIG)
         partition = account_partition(account, partitions)
         latest[partition] = max(latest.get(partition, 0), scanned[account].last_event_ms)
@@ -431,6 +435,7 @@ def test_the_schedule_keeps_only_the_accounts_due_soonest():
     schedule = FallbackSchedule(partitions=1, lateness_ms=0, capacity=4)
     for state in states.values():
         schedule.note(state)
+    schedule.advance(0, T0)
     assert len(schedule) <= 5
     scans = []
 
@@ -439,9 +444,7 @@ def test_the_schedule_keeps_only_the_accounts_due_soonest():
         return list(states.values())
 
     assert schedule.settle_due(states.__getitem__, states_in, RULES, CONFIG) == [] and scans == []
-    for state in states.values():
-        state.latest_seen_ms = T0 + 10 * DAY_MS  # all of them due
-    schedule.note(states["a0"])
+    schedule.advance(0, T0 + 10 * DAY_MS)  # all of them due
     schedule.settle_due(states.__getitem__, states_in, RULES, CONFIG)
     assert all(state.fallback_at_ms == 0 or state.fallback_at_ms > T0 + 10 * DAY_MS for state in states.values())
     assert scans and len(schedule) == 0
@@ -498,11 +501,11 @@ def _in_batches(messages, rnd):
 class _Worker:
     """The score agent's folding, one fetched batch at a time, with its states and schedule."""
 
-    def __init__(self, partitions, states=None):
+    def __init__(self, partitions, states=None, latest=None):
         self.partitions = partitions
         self.states = states or {}
         self.schedule = FallbackSchedule(partitions, lateness_ms=0, capacity=2)
-        self.schedule.reset(range(partitions))
+        self.schedule.reset(range(partitions), latest if latest is not None else {p: -1 for p in range(partitions)})
         self.transitions = self.schedule.settle_due(self.state_for, self.states_in, RULES, CONFIG)  # a start
 
     def state_for(self, account):
@@ -517,14 +520,19 @@ class _Worker:
     def saved_states(self):
         return {a: AccountState.from_bytes(s.to_bytes()) for a, s in self.states.items()}
 
+    def committed_latest(self):
+        return {p: self.schedule.latest(p) for p in range(self.partitions)}
+
 
 @settings(max_examples=200)
 @given(st.lists(st.tuples(st.integers(0, 3), journey_events.map(lambda items: items[:6])), min_size=1, max_size=8), st.randoms())
 def test_a_replay_after_a_crash_derives_the_transitions_of_the_first_run(accounts_events, rnd):
     """With no allowed lateness (events arrive out of order, many late), the transitions
     depend only on each partition's messages: not on the fetch order across partitions,
-    the fetched batches, or a crash that replays messages from the last saved states,
-    whose transitions were stored already (stage_transitions keeps one row per key)."""
+    the fetched batches, or a crash that replays messages from the last committed offsets
+    and watermarks, whose transitions were stored already (stage_transitions keeps one
+    row per key). The crash may come while the next states are written: some accounts'
+    stored states are then ahead of the committed offsets."""
     partitions = 2
     events = [
         dict(journey_event(item), account_id=f"a{account}", _origin=(f"raw-{account}-{i}", 0, 0))
@@ -552,9 +560,10 @@ def test_a_replay_after_a_crash_derives_the_transitions_of_the_first_run(account
     saved_at = rnd.randint(0, len(fetched))
     crashed_at = rnd.randint(saved_at, len(fetched))
     crashed.consume(fetched[:saved_at])
-    saved = crashed.saved_states()
-    crashed.consume(fetched[saved_at:crashed_at])  # their transitions stored, their states lost
-    restarted = _Worker(partitions, saved)
+    saved, latest = crashed.saved_states(), crashed.committed_latest()
+    crashed.consume(fetched[saved_at:crashed_at])  # their transitions stored, their states lost...
+    ahead = {a: s for a, s in crashed.saved_states().items() if rnd.random() < 0.5}  # ...or some written
+    restarted = _Worker(partitions, saved | ahead, latest)
     committed = Counter(p for p, _ in fetched[:saved_at])
     rest = {p: copies(ms[committed[p]:]) for p, ms in messages.items()}
     for batch in _in_batches([m for _, m in _interleaved(rest, rnd)], rnd):
@@ -575,9 +584,11 @@ def test_held_events_wait_for_the_watermark_of_their_partition():
     schedule = FallbackSchedule(partitions=1, lateness_ms=HOUR_MS, capacity=10)
     fold_events([((0, 0), ev("page_view", T0 + HOUR_MS))], lambda _: state, CONFIG, RULES, DEDUP, hold=True)
     schedule.note(state)
+    schedule.advance(0, T0 + HOUR_MS)
     assert schedule.settle_due(lambda _: state, no_scan, RULES, CONFIG) == [] and state.events_total == 0  # watermark: T0
     fold_events([((1, 0), ev("page_view", T0 + 2 * HOUR_MS, contact="c2"))], lambda _: state, CONFIG, RULES, DEDUP, hold=True)
     schedule.note(state)
+    schedule.advance(0, T0 + 2 * HOUR_MS)
     [aware] = schedule.settle_due(lambda _: state, no_scan, RULES, CONFIG)  # watermark: T0 + 1 h
     assert (aware.to_stage, aware.at_ms, state.events_total, len(state.held)) == ("awareness", T0 + HOUR_MS, 1, 1)
 
