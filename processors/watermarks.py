@@ -81,6 +81,10 @@ class FallbackSchedule:
         held = self._by_partition.get(partition)
         return None if held is None or held.latest < 0 else held.latest - self._lateness_ms
 
+    def watermarks(self) -> dict[int, int]:
+        """The watermark of each partition that has one."""
+        return {partition: held.latest - self._lateness_ms for partition, held in self._by_partition.items() if held.latest >= 0}
+
     def advance(self, partition: int, event_ms: int) -> None:
         """Takes in the event time of a message's event."""
         held = self._partition(partition)

@@ -333,7 +333,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
             "standby_records_to_recover": recovery.standby_remaining_total(),
         }
 
-    registry.register(PipelineCollector(stats, sink, checkpoint, lag, latencies, state_sizes))
+    registry.register(PipelineCollector(stats, sink, checkpoint, lag, latencies, state_sizes, stage_clock.schedule.watermarks))
 
     @app.timer(settings.lag_refresh_s)
     async def measure_lag() -> None:

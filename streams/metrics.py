@@ -104,6 +104,7 @@ class PipelineCollector:
         lag: LagSnapshot,
         latencies: EventLatencies,
         state_sizes: Callable[[], dict[str, int]] = dict,
+        watermarks: Callable[[], dict[int, int]] = dict,
     ) -> None:
         self._stats = stats
         self._sink = sink
@@ -111,6 +112,7 @@ class PipelineCollector:
         self._lag = lag
         self._latencies = latencies
         self._state_sizes = state_sizes  # gauge name suffix -> value, read at scrape time
+        self._watermarks = watermarks  # by-account partition -> watermark (ms), read at scrape time
 
     def collect(self) -> Iterator[Metric]:
         s = self._stats
@@ -142,6 +144,14 @@ class PipelineCollector:
         for what, value in sorted(self._state_sizes().items()):
             sizes.add_metric([what], value)
         yield sizes
+        marks = GaugeMetricFamily(
+            "abm_watermark_timestamp_seconds",
+            "event time up to which a score partition's accounts are settled: its latest event time minus the allowed lateness",
+            labels=["partition"],
+        )
+        for partition, mark_ms in sorted(self._watermarks().items()):
+            marks.add_metric([str(partition)], mark_ms / 1000)
+        yield marks
         yield GaugeMetricFamily("abm_sink_failing", "1 while ClickHouse inserts fail", value=int(self._sink.failing))
         yield GaugeMetricFamily("abm_checkpoint_pending_events", "consumed, not yet committed", value=self._checkpoint.pending_events)
         yield GaugeMetricFamily("abm_checkpoint_last_timestamp_seconds", "time of the last checkpoint", value=self._checkpoint.last_commit_at or 0)

@@ -11,6 +11,7 @@ import time
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
@@ -225,6 +226,12 @@ async def commit_by_hand(settings, partition: int, position: OffsetAndMetadata) 
         await consumer.stop()
 
 
+def watermarks(worker) -> dict[int, int]:
+    """The worker's score partitions' watermarks (ms), from its /metrics."""
+    families = text_string_to_metric_families(worker.metrics())
+    return {int(s.labels["partition"]): round(s.value * 1000) for f in families if f.name == "abm_watermark_timestamp_seconds" for s in f.samples}
+
+
 def test_a_restarted_worker_resumes_from_the_watermark_committed_with_its_offsets(kafka_bootstrap, tmp_path):
     """Each by-account partition's watermark is committed with its offset, and a worker
     that starts takes it from there, not from its stored states (which a crash can leave
@@ -242,6 +249,7 @@ def test_a_restarted_worker_resumes_from_the_watermark_committed_with_its_offset
         asyncio.run(produce(kafka_bootstrap, [(settings.topic(EVENT_TYPES["page_view"].topic), b"acct-held", orjson.dumps(make(1, "page_view", "acct-held", "c1", at)))]))
         worker.wait_drained(timeout_s=60)
         assert worker.status()["stats"]["transitions"] == 0  # held: the watermark is a day behind it
+        assert watermarks(worker) == {partition: at - DAY_MS}
     finally:
         assert worker.stop() == 0, worker.log_tail()
     [committed] = [lag for lag in asyncio.run(group_lag(kafka_bootstrap, settings.app_id, [by_account])) if lag.committed >= 0]
@@ -254,6 +262,7 @@ def test_a_restarted_worker_resumes_from_the_watermark_committed_with_its_offset
         while (worker.status() or {}).get("stats", {}).get("transitions", 0) < 1:  # settled at start, with no new event
             assert time.monotonic() < deadline, worker.log_tail()
             time.sleep(0.1)
+        assert watermarks(worker) == {partition: now_ms - DAY_MS}
     finally:
         assert worker.stop() == 0, worker.log_tail()
     transitions = query(settings, "SELECT account_id, from_stage, to_stage, toUnixTimestamp64Milli(at) AS at_ms FROM stage_transitions FINAL")
