@@ -32,7 +32,7 @@ from typing import Any
 from processors.accounts import Folded, Position, fold_events, settle
 from processors.dedup import DedupPolicy
 from processors.identity import account_partition
-from processors.scoring import AccountState, ScoringConfig
+from processors.scoring import AccountState, ScoringConfig, Timing
 from processors.stages import StageRules, StageTransition
 
 Entry = tuple[float, str]  # (due time, account): accounts of equal due times are ordered by id
@@ -98,7 +98,7 @@ class FallbackSchedule:
     def note(self, state: AccountState) -> None:
         """Takes in when the account is due next."""
         held = self._partition(account_partition(state.account_id, self._partitions))
-        at = _due_at(state)
+        at = _due(state.fallback_at_ms, state.held[0]["occurred_at_ms"] if state.held else 0)
         if held.due.get(state.account_id, 0) == at:
             return
         if at == 0 or (at, state.account_id) > held.horizon:
@@ -115,19 +115,19 @@ class FallbackSchedule:
     def settle_due(
         self,
         state_for: Callable[[str], AccountState],
-        states_in: Callable[[int], Iterable[AccountState]],
+        timings_in: Callable[[int], Iterable[Timing]],
         rules: StageRules,
         config: ScoringConfig,
         partitions: Iterable[int] | None = None,
     ) -> list[StageTransition]:
         """Settles the accounts the watermarks have passed, in each partition's time order
-        (of the given partitions, or all). ``states_in(partition)`` gives every state of a
-        partition as it stands now, for the scans."""
+        (of the given partitions, or all). ``timings_in(partition)`` gives the timing
+        (``AccountState.timing``) of every state of a partition as it stands now, for the scans."""
         transitions = []
         chosen = self._by_partition if partitions is None else {p: self._by_partition[p] for p in partitions if p in self._by_partition}
         for partition, held in chosen.items():
             if held.horizon == UNSCANNED:
-                self._scan(held, states_in(partition))
+                self._scan(held, timings_in(partition))
             mark = self.watermark(partition)
             if mark is None:
                 continue  # no events in it yet
@@ -143,17 +143,17 @@ class FallbackSchedule:
                     self.note(state)
                 if held.horizon[0] > mark:
                     break
-                self._scan(held, states_in(partition))  # accounts beyond the horizon may be due
+                self._scan(held, timings_in(partition))  # accounts beyond the horizon may be due
         return transitions
 
-    def _scan(self, held: _Partition, states: Iterable[AccountState]) -> None:
+    def _scan(self, held: _Partition, timings: Iterable[Timing]) -> None:
         def entries() -> Iterator[Entry]:
-            for state in states:
+            for account_id, fallback_at_ms, first_held_ms, latest_seen_ms in timings:
                 if held.latest_from_states:
-                    held.latest = max(held.latest, state.latest_seen_ms)
-                at = _due_at(state)
+                    held.latest = max(held.latest, latest_seen_ms)
+                at = _due(fallback_at_ms, first_held_ms)
                 if at:
-                    yield at, state.account_id
+                    yield at, account_id
 
         self._keep_nearest(held, entries())
         held.latest_from_states = False
@@ -171,12 +171,12 @@ class FallbackSchedule:
         held.due = {account: int(at) for at, account in nearest}
 
 
-def _due_at(state: AccountState) -> int:
-    """When the account must next be settled: its earliest held event or its fall-back; 0 = never."""
-    at = state.fallback_at_ms
-    if state.held and (at == 0 or state.held[0]["occurred_at_ms"] < at):
-        at = state.held[0]["occurred_at_ms"]
-    return at
+def _due(fallback_at_ms: int, first_held_ms: int) -> int:
+    """When an account must next be settled: its earliest held event or its fall-back,
+    whichever comes first (0: none); 0 = never."""
+    if first_held_ms and (fallback_at_ms == 0 or first_held_ms < fallback_at_ms):
+        return first_held_ms
+    return fallback_at_ms
 
 
 Message = tuple[int, list[tuple[Position, dict[str, Any]]]]  # (partition, its events by position)
@@ -185,7 +185,7 @@ Message = tuple[int, list[tuple[Position, dict[str, Any]]]]  # (partition, its e
 def fold_messages(
     messages: Iterable[Message],
     state_for: Callable[[str], AccountState],
-    states_in: Callable[[int], Iterable[AccountState]],
+    timings_in: Callable[[int], Iterable[Timing]],
     schedule: FallbackSchedule,
     config: ScoringConfig,
     rules: StageRules,
@@ -207,5 +207,5 @@ def fold_messages(
             schedule.note(state_for(account_id))
         if positioned:
             schedule.advance(partition, max(event["occurred_at_ms"] for _, event in positioned))
-        folded.transitions += schedule.settle_due(state_for, states_in, rules, config, (partition,))
+        folded.transitions += schedule.settle_due(state_for, timings_in, rules, config, (partition,))
     return folded

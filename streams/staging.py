@@ -81,7 +81,7 @@ class StageClock:
             async with checkpoint.lock:
                 if self._stale and not checkpoint.closed:
                     self._rescan()
-                    await self.emit(self.schedule.settle_due(self._states.state_for, self._states.states_in, self._rules, self._config))
+                    await self.emit(self.schedule.settle_due(self._states.state_for, self._states.timings_in, self._rules, self._config))
 
     def assigned(self, committed: Mapping[int, tuple[int, str]]) -> None:
         """An assignment: the committed (offset, metadata) of each by-account partition
@@ -107,7 +107,7 @@ class StageClock:
         if self._stale:
             self._rescan()
         states = self._states
-        return fold_messages(messages, states.state_for, states.states_in, self.schedule, self._config, self._rules, self._dedup)
+        return fold_messages(messages, states.state_for, states.timings_in, self.schedule, self._config, self._rules, self._dedup)
 
     async def emit(self, transitions: list[StageTransition]) -> None:
         """To ClickHouse (buffered) and Kafka; the caller holds the checkpoint lock."""

@@ -10,7 +10,7 @@ from itertools import islice
 from typing import Any
 
 from processors.identity import account_partition
-from processors.scoring import AccountState
+from processors.scoring import AccountState, Timing
 
 StateChange = tuple[int, bytes, bytes]  # partition, key, the state's bytes
 
@@ -55,14 +55,15 @@ class AccountStates:
         leave it): they must be written now."""
         return self.unwritten >= self._max_cached
 
-    def states_in(self, partition: int) -> Iterator[AccountState]:
-        """Every state of the partition as it stands now (from memory where it is there,
-        else from the store), none of them kept: for scans over all accounts."""
-        in_memory = [s for a, s in self._cache.items() if account_partition(a, self._partitions) == partition]
+    def timings_in(self, partition: int) -> Iterator[Timing]:
+        """The timing (``AccountState.timing``) of every state of the partition as it
+        stands now (from memory where it is there, else from the store), none of them
+        kept: for the fall-back schedule's scans over all accounts."""
+        in_memory = [s.timing() for a, s in self._cache.items() if account_partition(a, self._partitions) == partition]
         yield from in_memory
         for key, raw in _stored_in(self._table, partition, self._partitions):
             if key.decode() not in self._cache:
-                yield AccountState.from_bytes(raw)
+                yield AccountState.timing_of(raw)
 
     def take_changed(self) -> list[AccountState]:
         """The states changed since the last call (for their rows); they stay unwritten

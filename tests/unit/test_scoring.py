@@ -315,6 +315,7 @@ def test_states_written_before_stages_had_rules_still_load():
     state = AccountState.from_bytes(old)
     assert (state.last_engaged_ms, state.as_of_ms, state.recent_ids, state.daily) == (5, 5, {7: 5}, {})
     assert AccountState.from_bytes(state.to_bytes()) == state
+    assert AccountState.timing_of(old) == state.timing() == ("a1", 0, 0, 5)
 
 
 @given(
@@ -402,8 +403,8 @@ def test_the_schedule_applies_exactly_the_fall_backs_a_scan_of_every_account_wou
     indexed, scanned = {}, {}
     schedule = FallbackSchedule(partitions, lateness_ms=DAY_MS, capacity=capacity)
 
-    def states_in(partition):
-        return [state for name, state in indexed.items() if account_partition(name, partitions) == partition]
+    def timings_in(partition):  # read from the states' bytes, as from the store
+        return [AccountState.timing_of(state.to_bytes()) for name, state in indexed.items() if account_partition(name, partitions) == partition]
 
     latest: dict[int, int] = {}
     for account_number, items, restart in batches:
@@ -415,7 +416,7 @@ def test_the_schedule_applies_exactly_the_fall_backs_a_scan_of_every_account_wou
             schedule.reset(range(partitions), {})  # no committed watermarks: taken from the states
         schedule.note(indexed[account])
         schedule.advance(account_partition(account, partitions), indexed[account].latest_seen_ms)
-        got = schedule.settle_due(indexed.__getitem__, states_in, RULES, CONFIG)
+        got = schedule.settle_due(indexed.__getitem__, timings_in, RULES, CONFIG)
         partition = account_partition(account, partitions)
         latest[partition] = max(latest.get(partition, 0), scanned[account].last_event_ms)
         expected = [
@@ -439,13 +440,13 @@ def test_the_schedule_keeps_only_the_accounts_due_soonest():
     assert len(schedule) <= 5
     scans = []
 
-    def states_in(partition):
+    def timings_in(partition):
         scans.append(partition)
-        return list(states.values())
+        return [state.timing() for state in states.values()]
 
-    assert schedule.settle_due(states.__getitem__, states_in, RULES, CONFIG) == [] and scans == []
+    assert schedule.settle_due(states.__getitem__, timings_in, RULES, CONFIG) == [] and scans == []
     schedule.advance(0, T0 + 10 * DAY_MS)  # all of them due
-    schedule.settle_due(states.__getitem__, states_in, RULES, CONFIG)
+    schedule.settle_due(states.__getitem__, timings_in, RULES, CONFIG)
     assert all(state.fallback_at_ms == 0 or state.fallback_at_ms > T0 + 10 * DAY_MS for state in states.values())
     assert scans and len(schedule) == 0
 
@@ -477,6 +478,7 @@ def test_held_events_give_the_same_stages_in_any_arrival_order_and_batching(item
         fold_events([((next(RAW_OFFSETS), 0), e) for e in batch], lambda _: held, CONFIG, RULES, DEDUP, hold=True)
         # the watermark only ever passes events that every later batch is no earlier than
         later = [e["occurred_at_ms"] for e in arrived[stop:]]
+        assert AccountState.timing_of(held.to_bytes()) == held.timing()  # events held: what a scan reads
         transitions += settle(held, min(later) - 1 if later else end, CONFIG, RULES)
     assert transitions == expected
     assert (held.stage, held.events_total, held.held) == (in_order.stage, in_order.events_total, [])
@@ -506,16 +508,16 @@ class _Worker:
         self.states = states or {}
         self.schedule = FallbackSchedule(partitions, lateness_ms=0, capacity=2)
         self.schedule.reset(range(partitions), latest if latest is not None else {p: -1 for p in range(partitions)})
-        self.transitions = self.schedule.settle_due(self.state_for, self.states_in, RULES, CONFIG)  # a start
+        self.transitions = self.schedule.settle_due(self.state_for, self.timings_in, RULES, CONFIG)  # a start
 
     def state_for(self, account):
         return self.states.setdefault(account, AccountState(account))
 
-    def states_in(self, partition):
-        return [s for a, s in self.states.items() if account_partition(a, self.partitions) == partition]
+    def timings_in(self, partition):
+        return [s.timing() for a, s in self.states.items() if account_partition(a, self.partitions) == partition]
 
     def consume(self, batch):
-        self.transitions += fold_messages(batch, self.state_for, self.states_in, self.schedule, CONFIG, RULES, DEDUP).transitions
+        self.transitions += fold_messages(batch, self.state_for, self.timings_in, self.schedule, CONFIG, RULES, DEDUP).transitions
 
     def saved_states(self):
         return {a: AccountState.from_bytes(s.to_bytes()) for a, s in self.states.items()}
