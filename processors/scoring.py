@@ -93,9 +93,14 @@ class AccountState:
         fields.setdefault("latest_seen_ms", fields["last_event_ms"])
         return cls(**fields)
 
+    @property
+    def first_held_ms(self) -> int:
+        """The event time of its earliest held event; 0: none held."""
+        return self.held[0]["occurred_at_ms"] if self.held else 0
+
     def timing(self) -> Timing:
         """What the fall-back schedule reads of the state (processors.watermarks)."""
-        return self.account_id, self.fallback_at_ms, self.held[0]["occurred_at_ms"] if self.held else 0, self.latest_seen_ms
+        return self.account_id, self.fallback_at_ms, self.first_held_ms, self.latest_seen_ms
 
     @staticmethod
     def timing_of(raw: bytes) -> Timing:

@@ -98,7 +98,7 @@ class FallbackSchedule:
     def note(self, state: AccountState) -> None:
         """Takes in when the account is due next."""
         held = self._partition(account_partition(state.account_id, self._partitions))
-        at = _due(state.fallback_at_ms, state.held[0]["occurred_at_ms"] if state.held else 0)
+        at = _due(state.fallback_at_ms, state.first_held_ms)
         if held.due.get(state.account_id, 0) == at:
             return
         if at == 0 or (at, state.account_id) > held.horizon:
