@@ -192,9 +192,11 @@ class Checkpoint:
         token = _dedup_token(self._run_id, batch.consumed) if batch.consumed else uuid.uuid4().hex
         await self._sink.write(batch.rows, token)
         # 2. write state changelogs
-        self._states.write(batch.states)
-        # 3. flush the producer
+        changelog_acks = self._states.write(batch.states)
+        # 3. flush the producer, and wait for every changelog record: Faust's flush of its
+        # own buffer (where changelog records wait) gives up once 0.1 s pass without a send
         await self._app.producer.flush()
+        await asyncio.gather(*changelog_acks)
         # 4. commit the offsets of the consumed messages
         if batch.positions:
             await self._app.consumer._commit(batch.positions)

@@ -5,7 +5,7 @@ streams.checkpoint), which is why the two are tracked apart."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from itertools import islice
 from typing import Any
 
@@ -88,11 +88,14 @@ class AccountStates:
         self._unwritten = set()
         return changes
 
-    def write(self, changes: list[StateChange]) -> None:
-        """To the table's store and changelog topic."""
+    def write(self, changes: list[StateChange]) -> list[Awaitable[Any]]:
+        """To the table's store and changelog topic; returns each changelog record's
+        acknowledgement by the broker (Faust's producer buffer sends them on its own)."""
+        sent = []
         for partition, key, value in changes:
             _put_in_store(self._table, partition, key, value)
-            self._table.send_changelog(partition, key, value)
+            sent.append(self._table.send_changelog(partition, key, value))
+        return sent
 
     def forget(self) -> None:
         """Drop the in-memory copies: after a revocation the table is the truth again."""

@@ -26,11 +26,15 @@ RAW = ("email.opens", 3)
 
 class KafkaSide:
     """The producer, consumer and table changelog as the checkpoint sees them, recording
-    each call in one journal; the producer's flush waits until ``flushes`` is set."""
+    each call in one journal; the producer's flush waits until ``flushes`` is set, and
+    the broker acknowledges changelog records at once unless ``acks`` is cleared."""
 
     def __init__(self, journal: list[str]) -> None:
         self.journal = journal
         self.flushes = asyncio.Event()
+        self.acks = asyncio.Event()
+        self.acks.set()
+        self.acknowledged: list[bytes] = []
         self.commits: list[dict[Any, int]] = []
         self.metadata: list[dict[Any, str]] = []
         self.data: dict[bytes, bytes] = {}  # the table's store
@@ -47,9 +51,14 @@ class KafkaSide:
         self.metadata.append({tp: position.metadata for tp, position in positions.items()})
         return True
 
-    def send_changelog(self, partition: int, key: bytes, value: bytes) -> None:
+    def send_changelog(self, partition: int, key: bytes, value: bytes) -> asyncio.Task[None]:
         self.journal.append(f"changelog {key.decode()}")
         self.changelog.append((key, value))
+        return asyncio.create_task(self._acknowledge(key))
+
+    async def _acknowledge(self, key: bytes) -> None:
+        await self.acks.wait()
+        self.acknowledged.append(key)
 
 
 @pytest.fixture
@@ -299,3 +308,26 @@ def test_states_are_written_once_more_of_them_wait_than_the_cache_holds(store):
         assert kafka.commits[-1] == {TP: 4}
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_offsets_are_committed_only_once_the_broker_acknowledged_every_changelog_record(store):
+    """Faust's producer flush can return with changelog records still in its own buffer
+    (it gives up after 0.1 s without a send): the commit waits for each record."""
+
+    async def scenario() -> None:
+        checkpoint, states, sink, kafka, journal = protocol(store)
+        kafka.acks.clear()
+        kafka.flushes.set()
+        async with checkpoint.lock:
+            consume(checkpoint, states, sink, range(0, 3))
+            await checkpoint.commit_if_due()
+        await until(lambda: "producer flushed" in journal)
+        await asyncio.sleep(0.05)
+        assert kafka.commits == [] and kafka.acknowledged == []
+        kafka.acks.set()
+        async with checkpoint.lock:
+            await checkpoint.commit()
+        assert kafka.acknowledged == [b"acme"] and kafka.commits == [{TP: 3}]
+        assert journal == ["inserted account_scores,handled", "changelog acme", "producer flushed", "committed 3"]
+
+    asyncio.run(scenario())
