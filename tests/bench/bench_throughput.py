@@ -22,7 +22,9 @@ Starts its own broker, produces N simulated events, then measures on the same to
   recovery    with --state-accounts, the worker killed with SIGKILL, one event sent to a
               new account meanwhile, and the worker started again: seconds until
               /readyz answers 200 (state restored, group joined), and until that event
-              is processed and committed (consuming again).
+              is processed and committed (consuming again); then once more with the
+              worker's table store removed (takeover_*: as a worker that takes every
+              partition over, replaying the whole changelog).
 
 Then checks that ClickHouse holds every event exactly once and that the accounts' event
 totals add up to it, and prints one JSON line. Not part of the test suite: numbers
@@ -35,6 +37,7 @@ import argparse
 import asyncio
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -157,6 +160,21 @@ def wait_ready(worker: WorkerProcess, timeout_s: float) -> None:
         time.sleep(0.05)
 
 
+def restart_after_kill(worker: WorkerProcess, settings: Settings, prefix: str, without_local_state: bool = False) -> tuple[float, float]:
+    """Kills the worker with SIGKILL, sends one event for a new account meanwhile and starts
+    it again (with its table store removed: as a worker that takes the partitions over):
+    seconds until /readyz answers 200, and until that event is processed and committed."""
+    worker.kill()
+    if without_local_state:
+        shutil.rmtree(settings.faust_dir)
+    asyncio.run(one_event_per_account(settings, 1, prefix=prefix))  # ready is not yet consuming
+    restarted = time.monotonic()
+    worker.start(ready_timeout_s=600)
+    wait_ready(worker, timeout_s=600)
+    ready_s = round(time.monotonic() - restarted, 1)
+    return ready_s, round(worker.wait_drained(timeout_s=600, poll_s=0.2) - restarted, 1)
+
+
 def run(events: int, accounts: int, latency_s: float, state_accounts: int, workdir: Path, latency_rate: float | None = None) -> dict:
     kafka_port, controller_port, web_port = free_ports(3)
     settings = Settings(
@@ -213,15 +231,13 @@ def run(events: int, accounts: int, latency_s: float, state_accounts: int, workd
             total += state_accounts
             result["state_rss_mib"] = round(worker.rss_bytes() / 2**20)
             result["state_peak_rss_mib"] = round(worker.rss_bytes(peak=True) / 2**20)
-            worker.kill()
-            # ready is not yet consuming: the restarted worker must also take in this event
-            asyncio.run(one_event_per_account(settings, 1, prefix="after-kill"))
+            result["recovery_s"], result["recovery_to_consumed_s"] = restart_after_kill(worker, settings, "after-kill")
             total += 1
-            restarted = time.monotonic()
-            worker.start(ready_timeout_s=600)
-            wait_ready(worker, timeout_s=600)
-            result["recovery_s"] = round(time.monotonic() - restarted, 1)
-            result["recovery_to_consumed_s"] = round(worker.wait_drained(timeout_s=600, poll_s=0.2) - restarted, 1)
+            # A worker taking every partition over has no local store: it replays the changelogs.
+            result["takeover_recovery_s"], result["takeover_recovery_to_consumed_s"] = restart_after_kill(
+                worker, settings, "after-takeover", without_local_state=True
+            )
+            total += 1
         status = worker.status() or {}
         assert worker.stop() == 0, worker.log_tail()
     finally:
@@ -264,8 +280,6 @@ def main() -> None:
     if args.keep:
         result["workdir"] = str(workdir)
     else:
-        import shutil
-
         shutil.rmtree(workdir, ignore_errors=True)
     print(orjson.dumps(result).decode())
 
