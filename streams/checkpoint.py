@@ -7,7 +7,8 @@ instant under the agents' lock, everything they did since the previous one (a
 
   1. flush the ClickHouse sink (account rows of the changed states included);
   2. write the changed account states to the table store and its changelog topic;
-  3. flush the producer (forwarded events, dead letters, changelog messages);
+  3. flush the producer (forwarded events, dead letters, changelog messages), and wait
+     for the broker's acknowledgement of each changelog message;
   4. commit the offsets of the consumed events, each with its partition's metadata as
      of the take (``offset_metadata``: the score partitions' watermarks).
 
