@@ -11,8 +11,10 @@ state. Both hand their consumed events to the one Checkpoint, which owns commits
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +152,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
         max_rows=settings.checkpoint_max_rows,
         interval_s=settings.checkpoint_interval_s,
         state_interval_s=settings.state_interval_s,
+        on_failure=app.crash,  # the worker exits non-zero; its supervisor starts it again
     )
     guard = checkpoint.guard
     stage_clock = StageClock(app, settings, states, checkpoint, sink, stats, config, rules, dedup)
@@ -172,20 +175,19 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
 
     async def forward(by_partition: dict[int, list[dict[str, Any]]], learned: list[LearnedContact]) -> None:
         """Attributed events to their account's partition; newly learned contacts to the directory."""
-        producer = app.producer
         for partition, bucket in by_partition.items():
             for start in range(0, len(bucket), EVENTS_PER_MESSAGE):
                 chunk = orjson.dumps(bucket[start : start + EVENTS_PER_MESSAGE])
-                await producer.send(by_account_topic.get_topic_name(), None, chunk, partition, None, None)
+                await checkpoint.send(by_account_topic.get_topic_name(), None, chunk, partition)
             stats.forwarded += len(bucket)
         for contact_id, email, account_id in learned:
             key, value = contact_record(contact_id, email, account_id)
-            await producer.send(contacts_topic, key, value, None, None, None)
+            await checkpoint.send(contacts_topic, key, value)
         stats.contacts_learned += len(learned)
 
     async def dead_letter(message: Any, rejection: Rejection) -> None:
         """To the dead-letter topic and the dead_letters table; the caller holds the checkpoint lock."""
-        await app.producer.send(dead_letters, message.key, message.value, None, None, _reason_headers(message, rejection))
+        await checkpoint.send(dead_letters, message.key, message.value, headers=_reason_headers(message, rejection))
         reason = rejection.reason.value
         sink.add("dead_letters", [dead_letter_row(message, reason, rejection.message)])
         stats.invalid_by_reason[reason] = stats.invalid_by_reason.get(reason, 0) + 1
@@ -209,7 +211,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
             add_to_partition(by_partition, event, partitions)
             resolutions.append(resolution_row(event, waiting_on, now_ms))
         await forward(by_partition, learned)
-        await app.producer.flush()  # forwarded before they are marked resolved
+        await checkpoint.wait_sent()  # forwarded before they are marked resolved
         sink.add("unresolved_resolutions", resolutions)
         waiting.difference_update(keys)
         stats.resolved_later += len(resolutions)
@@ -250,7 +252,22 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
                 log.exception("account directory feed failed; restarting it")
                 await asyncio.sleep(1.0)
 
+    def stopping_the_worker_on_error(body: Callable[[faust.StreamT], Awaitable[None]]) -> Callable[[faust.StreamT], Awaitable[None]]:
+        """An agent that raises has taken messages it never handed to the checkpoint; Faust
+        would restart it, and a later checkpoint would commit past them."""
+
+        @functools.wraps(body)
+        async def agent(stream: faust.StreamT) -> None:
+            try:
+                await body(stream)
+            except Exception as exc:
+                await checkpoint.fail(exc)
+                raise
+
+        return agent
+
     @app.agent(raw_topic, name="ingest")
+    @stopping_the_worker_on_error
     async def ingest(stream: faust.StreamT) -> None:
         async for messages in app.fetched(stream):
             await feed.ready.wait()  # resolve as the directory stands, never against a half-read one
@@ -266,7 +283,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
                 for index, rejection in routed.rejected:
                     await dead_letter(fresh[index], rejection)
                 for index, event, waiting_on in routed.unresolved:
-                    await app.producer.send(unresolved, (waiting_on or "").encode(), orjson.dumps(event), None, None, None)
+                    await checkpoint.send(unresolved, (waiting_on or "").encode(), orjson.dumps(event))
                     if waiting_on:
                         waiting.add(waiting_on)
                 sink.add("unresolved_events", [unresolved_row(event, waiting_on) for _, event, waiting_on in routed.unresolved])
@@ -279,6 +296,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
                 await checkpoint.commit_if_due()
 
     @app.agent(by_account_topic, name="score")
+    @stopping_the_worker_on_error
     async def score(stream: faust.StreamT) -> None:
         async for messages in app.fetched(stream, events_per_message=EVENTS_PER_MESSAGE):
             await stored_ahead_known.wait()

@@ -7,8 +7,9 @@ instant under the agents' lock, everything they did since the previous one (a
 
   1. flush the ClickHouse sink (account rows of the changed states included);
   2. write the changed account states to the table store and its changelog topic;
-  3. flush the producer (forwarded events, dead letters, changelog messages), and wait
-     for the broker's acknowledgement of each changelog message;
+  3. flush the producer, and wait for the broker's acknowledgement of every record sent
+     for the batch: forwarded events, dead letters, transitions (all through ``send``)
+     and changelog messages;
   4. commit the offsets of the consumed events, each with its partition's metadata as
      of the take (``offset_metadata``: the score partitions' watermarks).
 
@@ -33,6 +34,11 @@ because transitions depend only on each partition's forwarded messages, not on h
 were fetched (streams.staging); before that, a replay could derive other transitions
 for events later than the allowed lateness than those already stored.
 
+A checkpoint that fails (a record the broker refused, a store that raised) stops the
+worker (``fail``): its batch's events were taken from memory, and a later checkpoint
+would commit past them. Nothing more is committed; the next start redelivers everything
+after the last commit. An agent that raises stops it the same way.
+
 Nothing is acknowledged to Faust, so its own commits (on rebalance or stop) have nothing
 to commit; its periodic commit timer is switched off in streams.app.
 """
@@ -44,7 +50,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -75,7 +81,12 @@ class CheckpointBatch:
     positions: dict[Any, OffsetAndMetadata]  # what it commits, per partition
     rows: dict[str, TableBuffer]  # ClickHouse rows by table
     states: list[StateChange]  # changed account states as bytes; none when not their turn
+    sent: list[Awaitable[Any]]  # the broker's acknowledgements of the records sent for it
     processed: dict[Any, int]  # the OffsetGuard's extent of the partitions it commits
+
+
+class CheckpointFailed(RuntimeError):
+    """A checkpoint could not make its batch durable: this worker commits nothing more."""
 
 
 class Checkpoint:
@@ -90,6 +101,7 @@ class Checkpoint:
         max_rows: int,
         interval_s: float,
         state_interval_s: float,
+        on_failure: Callable[[BaseException], Awaitable[None]],
     ) -> None:
         self._app = app
         self._sink = sink
@@ -103,6 +115,9 @@ class Checkpoint:
         self._pending: list[Any] = []  # consumed messages not yet taken by a checkpoint
         self._pending_in_state: list[Any] = []  # the same, their effects in account states
         self._awaiting_states: list[Any] = []  # taken, committed with the next states written
+        self._sent: list[Awaitable[Any]] = []  # acknowledgements of records sent since the take
+        self._on_failure = on_failure  # stops the worker
+        self.failure: BaseException | None = None  # set once; nothing is committed after it
         self._run_id = uuid.uuid4().hex  # this process's checkpoints: see _dedup_token
         self._in_flight: asyncio.Task[None] | None = None  # the checkpoint being made durable
         self._started_at = self._states_taken_at = time.monotonic()
@@ -118,6 +133,15 @@ class Checkpoint:
             self._pending_in_state.extend(Consumed(m.tp, m.topic, m.partition, m.offset) for m in messages)
         else:
             self._pending.extend(messages)
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None, headers: Any = None) -> None:
+        """Sends a record derived from the events being processed; the offsets of those
+        events are committed only once the broker has acknowledged it."""
+        self._sent.append(await self._app.producer.send(topic, key, value, partition, None, headers))
+
+    async def wait_sent(self) -> None:
+        """Waits for the broker's acknowledgement of every record sent so far."""
+        await _acknowledged(self._sent)
 
     @property
     def pending_events(self) -> int:
@@ -157,9 +181,19 @@ class Checkpoint:
 
     async def _start(self, with_states: bool) -> None:
         await self._finish_in_flight()
+        if self.failure is not None:
+            raise CheckpointFailed("an earlier checkpoint failed; this worker commits nothing more") from self.failure
         batch = self._take(with_states or self._states_due())
         if batch is not None:
-            self._in_flight = asyncio.create_task(self._make_durable(batch), name="checkpoint")
+            self._in_flight = asyncio.create_task(self._make_durable_or_fail(batch), name="checkpoint")
+
+    async def fail(self, reason: BaseException) -> None:
+        """Stops the worker: work taken from memory that is not durable could otherwise be
+        committed past by a later checkpoint. Its events come again on the next start."""
+        if self.failure is None:
+            self.failure = reason
+            log.critical("stopping the worker: %r; nothing after the last commit is committed", reason)
+        await self._on_failure(reason)
 
     async def _finish_in_flight(self) -> None:
         task, self._in_flight = self._in_flight, None
@@ -185,7 +219,15 @@ class Checkpoint:
             processed = {tp: offset for tp, offset in processed.items() if tp not in waiting}
         consumed = free + in_state
         positions = {tp: OffsetAndMetadata(offset, self._offset_metadata(tp)) for tp, offset in next_offsets(to_commit).items()}
-        return CheckpointBatch(consumed, positions, self._sink.take(), states, processed)
+        sent, self._sent = self._sent, []
+        return CheckpointBatch(consumed, positions, self._sink.take(), states, sent, processed)
+
+    async def _make_durable_or_fail(self, batch: CheckpointBatch) -> None:
+        try:
+            await self._make_durable(batch)
+        except Exception as exc:
+            await self.fail(exc)
+            raise
 
     async def _make_durable(self, batch: CheckpointBatch) -> None:
         # 1. flush the ClickHouse sink
@@ -194,10 +236,12 @@ class Checkpoint:
         await self._sink.write(batch.rows, token)
         # 2. write state changelogs
         changelog_acks = self._states.write(batch.states)
-        # 3. flush the producer, and wait for every changelog record: Faust's flush of its
-        # own buffer (where changelog records wait) gives up once 0.1 s pass without a send
+        # 3. flush the producer, and wait for every record: a refused one fails its future
+        # only, and Faust's flush of its own buffer (where changelog records wait) gives
+        # up once 0.1 s pass without a send
         await self._app.producer.flush()
-        await asyncio.gather(*changelog_acks)
+        await _acknowledged(batch.sent)
+        await _acknowledged(changelog_acks)
         # 4. commit the offsets of the consumed messages
         if batch.positions:
             await self._app.consumer._commit(batch.positions)
@@ -234,10 +278,16 @@ class Checkpoint:
         if self._in_flight is not None:
             self._in_flight.cancel()
             self._in_flight = None
-        self._pending, self._pending_in_state, self._awaiting_states = [], [], []
+        self._pending, self._pending_in_state, self._awaiting_states, self._sent = [], [], [], []
         self._sink.discard()
         self._states.forget()
         self.guard.reset_to_committed()
+
+
+async def _acknowledged(acks: list[Awaitable[Any]]) -> None:
+    """Raises the first failure among the acknowledgements; most are already done."""
+    for ack in acks:
+        await ack
 
 
 def next_offsets(messages: list[Any]) -> dict[Any, int]:

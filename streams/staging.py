@@ -5,8 +5,8 @@ and their fall-backs applied, also for accounts without new events
 (processors.watermarks). Settling per message, not per fetched batch, makes the
 transitions a function of the partitions' messages alone, the same in a replay.
 Transitions go to ClickHouse and
-to the stage-transitions topic through the app's producer, flushed by the checkpoint
-(step 3) before the offsets that caused them are committed.
+to the stage-transitions topic through the checkpoint, which waits for their
+acknowledgement (step 3) before it commits the offsets that caused them.
 
 The schedule lives in memory, bounded (the accounts due soonest per partition), and
 scans the states of the partitions this worker owns whenever an assignment changes (and
@@ -112,10 +112,9 @@ class StageClock:
     async def emit(self, transitions: list[StageTransition]) -> None:
         """To ClickHouse (buffered) and Kafka; the caller holds the checkpoint lock."""
         self._sink.add("stage_transitions", transition_rows(transitions))
-        producer = self._app.producer
         for transition in transitions:
             key, value = transition_message(transition)
-            await producer.send(self._transitions_topic, key, value, None, None, None)
+            await self._checkpoint.send(self._transitions_topic, key, value)
         self._stats.transitions += len(transitions)
         moves = Counter(f"{t.from_stage}->{t.to_stage}" for t in transitions)
         self._stats.add_counts(self._stats.transitions_by_stages, moves)

@@ -77,6 +77,11 @@ class AbmProcess:
             self._process.kill()
             return self._process.wait()
 
+    def wait_exit(self, timeout_s: float) -> int:
+        """The exit status of a process that is to stop on its own."""
+        assert self._process is not None
+        return self._process.wait(timeout_s)
+
     def kill(self) -> None:
         """kill -9: no checkpoint, no goodbye."""
         if self._process is not None and self._process.poll() is None:

@@ -54,6 +54,16 @@ def start_worker(settings: Settings, name: str = "worker", extra_env: dict[str, 
     return worker
 
 
+def drain_with_new_worker(settings: Settings, name: str, timeout_s: float = 180) -> None:
+    """Starts a worker that processes everything the group has not committed, then stops
+    it gracefully (exit status 0)."""
+    worker = start_worker(settings, name)
+    try:
+        worker.wait_drained(timeout_s=timeout_s)
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+
+
 async def produce(bootstrap: str, records: list[tuple[str, bytes | None, bytes]], max_request_size: int = 1 << 20) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", max_request_size=max_request_size)
     await producer.start()

@@ -23,7 +23,7 @@ from schemas.events import EVENT_TYPES, TOPIC_BY_ACCOUNT, TOPIC_DEAD_LETTERS, TO
 from deploy.local.kafka import free_port
 from streams.lag import group_lag
 from streams.staging import WATERMARK_METADATA
-from tests.integration.support import assert_store_exact, consume_all, isolated_settings, produce, query, start_worker
+from tests.integration.support import assert_store_exact, consume_all, drain_with_new_worker, isolated_settings, produce, query, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -157,12 +157,7 @@ def test_restart_mid_stream_keeps_every_event_once(kafka_bootstrap, tmp_path, cr
             assert worker.stop() == 0, worker.log_tail()
     assert worker.lag() > 0, "the first worker finished everything; the test proves nothing"
 
-    second = start_worker(settings, "second")
-    try:
-        second.wait_drained(timeout_s=120)
-    finally:
-        assert second.stop() == 0, second.log_tail()
-
+    drain_with_new_worker(settings, "second", timeout_s=120)
     assert sum(counts.values()) == total
     assert_store_exact(settings, counts)
 

@@ -24,7 +24,7 @@ from streams.lag import group_lag
 from streams.settings import Settings
 from streams.simulator import produce_events
 from streams.topics import consumed_topics
-from tests.integration.support import TcpProxy, assert_store_exact, isolated_settings, query, start_worker
+from tests.integration.support import TcpProxy, assert_store_exact, drain_with_new_worker, isolated_settings, query, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -72,11 +72,7 @@ def test_kill_9_at_many_points_keeps_every_total_exact(kafka_bootstrap, tmp_path
         counts = produced.result(timeout=120)
     assert all(lag > 0 for lag in lags_at_kill), f"a worker had finished everything before its kill: {lags_at_kill}"
 
-    final = start_worker(settings, "final")
-    try:
-        final.wait_drained(timeout_s=180)
-    finally:
-        assert final.stop() == 0, final.log_tail()
+    drain_with_new_worker(settings, "final")
     assert_store_exact(settings, counts)
 
 

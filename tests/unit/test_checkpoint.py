@@ -15,7 +15,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from processors.scoring import AccountState
-from streams.checkpoint import Checkpoint
+from streams.checkpoint import Checkpoint, CheckpointFailed
 from streams.offsets import OffsetGuard
 from streams.sink import ClickHouseSink
 from streams.state import AccountStates
@@ -27,7 +27,8 @@ RAW = ("email.opens", 3)
 class KafkaSide:
     """The producer, consumer and table changelog as the checkpoint sees them, recording
     each call in one journal; the producer's flush waits until ``flushes`` is set, and
-    the broker acknowledges changelog records at once unless ``acks`` is cleared."""
+    the broker acknowledges records (sent ones and changelog ones) at once unless
+    ``acks`` is cleared, and refuses them while ``refusal`` is set."""
 
     def __init__(self, journal: list[str]) -> None:
         self.journal = journal
@@ -35,6 +36,7 @@ class KafkaSide:
         self.acks = asyncio.Event()
         self.acks.set()
         self.acknowledged: list[bytes] = []
+        self.refusal: Exception | None = None
         self.commits: list[dict[Any, int]] = []
         self.metadata: list[dict[Any, str]] = []
         self.data: dict[bytes, bytes] = {}  # the table's store
@@ -51,6 +53,10 @@ class KafkaSide:
         self.metadata.append({tp: position.metadata for tp, position in positions.items()})
         return True
 
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: Any, timestamp: Any, headers: Any) -> asyncio.Task[None]:
+        self.journal.append(f"sent {topic} {value.decode()}")
+        return asyncio.create_task(self._acknowledge(value))
+
     def send_changelog(self, partition: int, key: bytes, value: bytes) -> asyncio.Task[None]:
         self.journal.append(f"changelog {key.decode()}")
         self.changelog.append((key, value))
@@ -58,6 +64,8 @@ class KafkaSide:
 
     async def _acknowledge(self, key: bytes) -> None:
         await self.acks.wait()
+        if self.refusal is not None:
+            raise self.refusal
         self.acknowledged.append(key)
 
 
@@ -75,6 +83,10 @@ def protocol(
     store: Client, state_interval_s: float = 0.0, max_cached: int = 10
 ) -> tuple[Checkpoint, AccountStates, ClickHouseSink, KafkaSide, list[str]]:
     journal: list[str] = []
+
+    async def stop_the_worker(reason: BaseException) -> None:
+        journal.append(f"worker stopped: {reason}")
+
     kafka = KafkaSide(journal)
     app = SimpleNamespace(
         producer=kafka,
@@ -102,6 +114,7 @@ def protocol(
         max_rows=1_000,
         interval_s=0.0,  # always due
         state_interval_s=state_interval_s,  # 0: states written at every checkpoint
+        on_failure=stop_the_worker,
     )
     return checkpoint, states, sink, kafka, journal
 
@@ -310,16 +323,22 @@ def test_states_are_written_once_more_of_them_wait_than_the_cache_holds(store):
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
-def test_offsets_are_committed_only_once_the_broker_acknowledged_every_changelog_record(store):
-    """Faust's producer flush can return with changelog records still in its own buffer
-    (it gives up after 0.1 s without a send): the commit waits for each record."""
+@pytest.mark.parametrize("record", ["changelog record", "sent record"])
+def test_offsets_are_committed_only_once_the_broker_acknowledged_every_record_behind_them(store, record):
+    """A changelog record: Faust's producer flush can return with it still in its own
+    buffer (it gives up after 0.1 s without a send). A record sent for a batch (a
+    forwarded event, a dead letter, a transition) is only sent. The commit waits for each."""
 
     async def scenario() -> None:
         checkpoint, states, sink, kafka, journal = protocol(store)
         kafka.acks.clear()
         kafka.flushes.set()
         async with checkpoint.lock:
-            consume(checkpoint, states, sink, range(0, 3))
+            if record == "changelog record":
+                consume(checkpoint, states, sink, range(0, 3))
+            else:
+                ingest(checkpoint, range(0, 3))
+                await checkpoint.send("events.by-account", None, b"forwarded 0-2", 5)
             await checkpoint.commit_if_due()
         await until(lambda: "producer flushed" in journal)
         await asyncio.sleep(0.05)
@@ -327,7 +346,43 @@ def test_offsets_are_committed_only_once_the_broker_acknowledged_every_changelog
         kafka.acks.set()
         async with checkpoint.lock:
             await checkpoint.commit()
-        assert kafka.acknowledged == [b"acme"] and kafka.commits == [{TP: 3}]
-        assert journal == ["inserted account_scores,handled", "changelog acme", "producer flushed", "committed 3"]
+        if record == "changelog record":
+            assert kafka.acknowledged == [b"acme"] and kafka.commits == [{TP: 3}]
+            assert journal == ["inserted account_scores,handled", "changelog acme", "producer flushed", "committed 3"]
+        else:
+            assert kafka.acknowledged == [b"forwarded 0-2"] and kafka.commits == [{RAW: 3}]
+            assert journal == ["sent events.by-account forwarded 0-2", "inserted ", "producer flushed", "committed email.opens/3:3"]
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("refused", ["sent record", "changelog record"])
+def test_a_refused_record_stops_the_worker_and_nothing_is_committed_after_it(store, refused):
+    """The batch whose record the broker refused is gone from memory: a later checkpoint
+    must not commit past it, so the first failure stops the worker for good."""
+
+    async def scenario() -> None:
+        checkpoint, states, sink, kafka, journal = protocol(store)
+        kafka.flushes.set()
+        kafka.refusal = RuntimeError("MessageSizeTooLargeError")
+        async with checkpoint.lock:
+            if refused == "sent record":
+                ingest(checkpoint, range(0, 2))
+                await checkpoint.send("events.by-account", None, b"forwarded 0-1", 5)
+            else:
+                consume(checkpoint, states, sink, range(0, 2))
+            await checkpoint.commit_if_due()
+            with pytest.raises(RuntimeError, match="MessageSizeTooLargeError"):
+                await checkpoint._finish_in_flight()
+        assert journal[-1] == "worker stopped: MessageSizeTooLargeError"
+        kafka.refusal = None  # the broker accepts again: still nothing more is committed
+        async with checkpoint.lock:
+            ingest(checkpoint, range(2, 4))
+            consume(checkpoint, states, sink, range(2, 4))
+            with pytest.raises(CheckpointFailed):
+                await checkpoint.commit_if_due()
+            with pytest.raises(CheckpointFailed):
+                await checkpoint.commit()
+        assert kafka.commits == []
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
