@@ -7,7 +7,9 @@ import concurrent.futures
 import itertools
 import math
 import random
+import shutil
 import time
+from collections import Counter
 
 import orjson
 import pytest
@@ -159,6 +161,32 @@ def test_restart_mid_stream_keeps_every_event_once(kafka_bootstrap, tmp_path, cr
 
     drain_with_new_worker(settings, "second", timeout_s=120)
     assert sum(counts.values()) == total
+    assert_store_exact(settings, counts)
+
+
+def test_a_worker_without_its_table_store_restores_every_account_from_the_changelog(kafka_bootstrap, tmp_path):
+    """As a worker that takes partitions over: killed mid-stream, its table store removed,
+    started again. Each account's state was written several times (older versions still
+    in the changelog): the newest of each is restored, and every total is exact."""
+    settings = isolated_settings(kafka_bootstrap, tmp_path / "abm")
+    counts: Counter[str] = Counter()
+    worker = start_worker(settings, "first")
+    try:
+        for seed in (31, 32):  # each drained: every account's state written after each
+            counts.update(asyncio.run(produce_events(settings, accounts=150, contacts_per_account=4, rate=None, duration_s=None, count=10_000, seed=seed)))
+            worker.wait_drained(timeout_s=120)
+        counts.update(asyncio.run(produce_events(settings, accounts=150, contacts_per_account=4, rate=None, duration_s=None, count=20_000, seed=33)))
+        deadline = time.monotonic() + 60
+        while (worker.status() or {}).get("stats", {}).get("applied", 0) < 22_000:  # the third batch in flight
+            assert time.monotonic() < deadline, worker.log_tail()
+            time.sleep(0.05)
+    finally:
+        worker.kill()
+    assert worker.lag() > 0, "the first worker finished everything; the test proves nothing"
+    shutil.rmtree(settings.faust_dir)
+
+    drain_with_new_worker(settings, "second", timeout_s=120)
+    assert sum(counts.values()) == 40_000
     assert_store_exact(settings, counts)
 
 
