@@ -11,10 +11,8 @@ state. Both hand their consumed events to the one Checkpoint, which owns commits
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,22 +250,8 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
                 log.exception("account directory feed failed; restarting it")
                 await asyncio.sleep(1.0)
 
-    def stopping_the_worker_on_error(body: Callable[[faust.StreamT], Awaitable[None]]) -> Callable[[faust.StreamT], Awaitable[None]]:
-        """An agent that raises has taken messages it never handed to the checkpoint; Faust
-        would restart it, and a later checkpoint would commit past them."""
-
-        @functools.wraps(body)
-        async def agent(stream: faust.StreamT) -> None:
-            try:
-                await body(stream)
-            except Exception as exc:
-                await checkpoint.fail(exc)
-                raise
-
-        return agent
-
     @app.agent(raw_topic, name="ingest")
-    @stopping_the_worker_on_error
+    @checkpoint.stopping_on_error
     async def ingest(stream: faust.StreamT) -> None:
         async for messages in app.fetched(stream):
             await feed.ready.wait()  # resolve as the directory stands, never against a half-read one
@@ -296,7 +280,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
                 await checkpoint.commit_if_due()
 
     @app.agent(by_account_topic, name="score")
-    @stopping_the_worker_on_error
+    @checkpoint.stopping_on_error
     async def score(stream: faust.StreamT) -> None:
         async for messages in app.fetched(stream, events_per_message=EVENTS_PER_MESSAGE):
             await stored_ahead_known.wait()

@@ -46,6 +46,7 @@ to commit; its periodic commit timer is switched off in streams.app.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -194,6 +195,20 @@ class Checkpoint:
             self.failure = reason
             log.critical("stopping the worker: %r; nothing after the last commit is committed", reason)
         await self._on_failure(reason)
+
+    def stopping_on_error(self, agent: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        """Wraps an agent: one that raises has taken messages it never handed to the
+        checkpoint; Faust would restart it, and a later checkpoint would commit past them."""
+
+        @functools.wraps(agent)
+        async def stopping(stream: Any) -> None:
+            try:
+                await agent(stream)
+            except Exception as exc:
+                await self.fail(exc)
+                raise
+
+        return stopping
 
     async def _finish_in_flight(self) -> None:
         task, self._in_flight = self._in_flight, None

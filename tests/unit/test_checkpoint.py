@@ -386,3 +386,29 @@ def test_a_refused_record_stops_the_worker_and_nothing_is_committed_after_it(sto
         assert kafka.commits == []
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_an_agent_that_raises_stops_the_worker_and_nothing_more_is_committed(store):
+    """Faust restarts an agent that raised; the messages it had taken are neither
+    processed nor committed, and later ones must not be committed past them."""
+
+    async def scenario() -> None:
+        checkpoint, states, sink, kafka, journal = protocol(store)
+        kafka.flushes.set()
+
+        @checkpoint.stopping_on_error
+        async def agent(stream: Any) -> None:
+            async with checkpoint.lock:
+                checkpoint.guard.admit([SimpleNamespace(tp=RAW, offset=o, generation_id=1, topic=RAW[0], partition=RAW[1]) for o in range(0, 2)])
+                raise ValueError("a bug in the middle of a batch")
+
+        with pytest.raises(ValueError):
+            await agent(None)
+        assert journal == ["worker stopped: a bug in the middle of a batch"]
+        async with checkpoint.lock:  # the restarted agent goes on with the next messages
+            ingest(checkpoint, range(2, 4))
+            with pytest.raises(CheckpointFailed):
+                await checkpoint.commit()
+        assert kafka.commits == []
+
+    asyncio.run(scenario())
