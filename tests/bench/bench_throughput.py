@@ -24,7 +24,8 @@ Starts its own broker, produces N simulated events, then measures on the same to
               /readyz answers 200 (state restored, group joined), and until that event
               is processed and committed (consuming again); then once more with the
               worker's table store removed (takeover_*: as a worker that takes every
-              partition over, replaying the whole changelog).
+              partition over, replaying the whole changelog), after which a second
+              event for 10,000 of the accounts must add to their restored totals.
 
 Then checks that ClickHouse holds every event exactly once and that the accounts' event
 totals add up to it, and prints one JSON line. Not part of the test suite: numbers
@@ -54,6 +55,7 @@ from streams.settings import Settings
 from streams.simulator import produce_events
 from streams.topics import prepare_topics
 
+TAKEN_OVER_CHECKED = 10_000  # accounts given a second event after the takeover
 
 async def bare_consumer_seconds(settings: Settings, topics: list[str], expected: int) -> float:
     """Seconds a bare consumer needs to fetch and orjson-decode ``expected`` messages."""
@@ -134,8 +136,9 @@ def produce(settings: Settings, seed: int, accounts: int, count: int, rate: floa
     assert sum(counts.values()) == count, counts
 
 
-async def one_event_per_account(settings: Settings, accounts: int, prefix: str = "state") -> None:
-    """A page view for each of ``accounts`` accounts of their own (by explicit account id)."""
+async def one_event_per_account(settings: Settings, accounts: int, prefix: str = "state", event_suffix: str = "") -> None:
+    """A page view for each of ``accounts`` accounts of their own (by explicit account id);
+    ``event_suffix`` tells another round for the same accounts apart."""
     topic = settings.topic(EVENT_TYPES["page_view"].topic)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=20, max_batch_size=1 << 20)
     await producer.start()
@@ -145,7 +148,7 @@ async def one_event_per_account(settings: Settings, accounts: int, prefix: str =
             futures = []
             for n in range(start, min(start + 10_000, accounts)):
                 account = f"{prefix}-{n:07d}"
-                event = {"event_id": account, "type": "page_view", "occurred_at": now_ms, "source": "bench", "account_id": account, "url": "https://x.example/"}
+                event = {"event_id": account + event_suffix, "type": "page_view", "occurred_at": now_ms, "source": "bench", "account_id": account, "url": "https://x.example/"}
                 futures.append(await producer.send(topic, orjson.dumps(event), key=account.encode()))
             await asyncio.gather(*futures)
     finally:
@@ -238,6 +241,11 @@ def run(events: int, accounts: int, latency_s: float, state_accounts: int, workd
                 worker, settings, "after-takeover", without_local_state=True
             )
             total += 1
+            # Restored, not started afresh: a second event for some of the accounts adds to
+            # their first (the totals are checked below).
+            asyncio.run(one_event_per_account(settings, TAKEN_OVER_CHECKED, event_suffix="-again"))
+            worker.wait_drained(timeout_s=600, poll_s=0.2)
+            total += TAKEN_OVER_CHECKED
         status = worker.status() or {}
         assert worker.stop() == 0, worker.log_tail()
     finally:
