@@ -11,7 +11,9 @@ state. Both hand their consumed events to the one Checkpoint, which owns commits
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +49,7 @@ from streams.unresolved import RESOLUTION_COLUMNS, UNRESOLVED_COLUMNS, pending_e
 
 log = logging.getLogger(__name__)
 
+FAILED_SHUTDOWN_DEADLINE_S = 30.0
 EVENTS_PER_MESSAGE = 500  # keeps a forwarded message well under Kafka's 1 MB default
 NEVER_S = 365 * 86400.0
 
@@ -108,6 +111,20 @@ def create_app(settings: Settings) -> PulseApp:
     )
 
 
+async def stop_the_worker(app: PulseApp, reason: BaseException) -> None:
+    """After a failed checkpoint: the process exits with status 1 and its supervisor starts
+    it again. Nothing is left to make durable, so a shutdown that hangs in Faust (it has
+    left the group, and would never exit) is cut short."""
+    asyncio.get_running_loop().call_later(FAILED_SHUTDOWN_DEADLINE_S, _exit_after_failure)
+    await app.crash(reason)
+
+
+def _exit_after_failure() -> None:
+    log.critical("the shutdown after a failed checkpoint did not finish within %.0fs; exiting", FAILED_SHUTDOWN_DEADLINE_S)
+    logging.shutdown()
+    os._exit(1)
+
+
 def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = None) -> Pipeline:
     app = app or create_app(settings)
     partitions = settings.topic_partitions
@@ -150,7 +167,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
         max_rows=settings.checkpoint_max_rows,
         interval_s=settings.checkpoint_interval_s,
         state_interval_s=settings.state_interval_s,
-        on_failure=app.crash,  # the worker exits non-zero; its supervisor starts it again
+        on_failure=functools.partial(stop_the_worker, app),
     )
     guard = checkpoint.guard
     stage_clock = StageClock(app, settings, states, checkpoint, sink, stats, config, rules, dedup)

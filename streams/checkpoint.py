@@ -46,6 +46,7 @@ to commit; its periodic commit timer is switched off in streams.app.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
@@ -186,29 +187,36 @@ class Checkpoint:
             raise CheckpointFailed("an earlier checkpoint failed; this worker commits nothing more") from self.failure
         batch = self._take(with_states or self._states_due())
         if batch is not None:
-            self._in_flight = asyncio.create_task(self._make_durable_or_fail(batch), name="checkpoint")
+            self._in_flight = asyncio.create_task(self._stopping_on_error(self._make_durable(batch)), name="checkpoint")
 
     async def fail(self, reason: BaseException) -> None:
         """Stops the worker: work taken from memory that is not durable could otherwise be
         committed past by a later checkpoint. Its events come again on the next start."""
-        if self.failure is None:
-            self.failure = reason
-            log.critical("stopping the worker: %r; nothing after the last commit is committed", reason)
+        if self.failure is not None:
+            return
+        self.failure = reason
+        log.critical("stopping the worker: %r; nothing after the last commit is committed", reason)
         await self._on_failure(reason)
 
     def stopping_on_error(self, agent: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
         """Wraps an agent: one that raises has taken messages it never handed to the
-        checkpoint; Faust would restart it, and a later checkpoint would commit past them."""
+        checkpoint, and a later checkpoint would commit past them. It stops the worker and
+        ends: Faust would restart an agent that raised, and a restart racing the worker's
+        shutdown left the shutdown waiting for good."""
 
         @functools.wraps(agent)
         async def stopping(stream: Any) -> None:
-            try:
-                await agent(stream)
-            except Exception as exc:
-                await self.fail(exc)
-                raise
+            with contextlib.suppress(Exception):  # failed: logged and stopping
+                await self._stopping_on_error(agent(stream))
 
         return stopping
+
+    async def _stopping_on_error(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except Exception as exc:
+            await self.fail(exc)
+            raise
 
     async def _finish_in_flight(self) -> None:
         task, self._in_flight = self._in_flight, None
@@ -236,13 +244,6 @@ class Checkpoint:
         positions = {tp: OffsetAndMetadata(offset, self._offset_metadata(tp)) for tp, offset in next_offsets(to_commit).items()}
         sent, self._sent = self._sent, []
         return CheckpointBatch(consumed, positions, self._sink.take(), states, sent, processed)
-
-    async def _make_durable_or_fail(self, batch: CheckpointBatch) -> None:
-        try:
-            await self._make_durable(batch)
-        except Exception as exc:
-            await self.fail(exc)
-            raise
 
     async def _make_durable(self, batch: CheckpointBatch) -> None:
         # 1. flush the ClickHouse sink

@@ -219,7 +219,7 @@ def restore(recovery: Any, tp: TP, records: list[Any]) -> list[Any]:
     fresh = [record for record in records if record.offset > seen]
     if not fresh:
         return []
-    recovery.active_offsets[tp] = fresh[-1].offset
+    recovery.active_offsets[tp] = fresh[-1].offset  # for the question: does this fetch complete it?
     routed = [] if recovery.need_recovery() else fresh[-1:]
     direct = fresh[: len(fresh) - len(routed)]
     recovery.active_offsets[tp] = direct[-1].offset if direct else seen

@@ -402,8 +402,7 @@ def test_an_agent_that_raises_stops_the_worker_and_nothing_more_is_committed(sto
                 checkpoint.guard.admit([SimpleNamespace(tp=RAW, offset=o, generation_id=1, topic=RAW[0], partition=RAW[1]) for o in range(0, 2)])
                 raise ValueError("a bug in the middle of a batch")
 
-        with pytest.raises(ValueError):
-            await agent(None)
+        await agent(None)  # ends: Faust would restart an agent that raised
         assert journal == ["worker stopped: a bug in the middle of a batch"]
         async with checkpoint.lock:  # the restarted agent goes on with the next messages
             ingest(checkpoint, range(2, 4))
