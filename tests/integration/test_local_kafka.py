@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy.local.kafka import LocalKafka, free_ports
+from streams.kafka_admin import ensure_topics
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -38,10 +39,12 @@ def _pid_exists(pid: int) -> bool:
 
 
 async def _create_produce_consume(bootstrap: str, topic: str) -> tuple[int, bytes, bytes]:
+    # waits until every partition has a leader: a describe right after the create could
+    # find none yet on a broker that has just started
+    await ensure_topics(bootstrap, [topic], partitions=8, replication=1)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(topic, num_partitions=8, replication_factor=1)])
         described = await admin.describe_topics([topic])
     finally:
         await admin.close()
