@@ -112,8 +112,8 @@ def create_app(settings: Settings) -> PulseApp:
 
 
 async def stop_the_worker(app: PulseApp, reason: BaseException) -> None:
-    """After a failed checkpoint: the process exits with status 1 and its supervisor starts
-    it again. Nothing is left to make durable, so a shutdown that hangs in Faust (it has
+    """After a failed checkpoint or agent: the process exits with status 1 and its
+    supervisor starts it again. Nothing is left to make durable, so a shutdown that hangs in Faust (it has
     left the group, and would never exit) is cut short."""
     asyncio.get_running_loop().call_later(FAILED_SHUTDOWN_DEADLINE_S, _exit_after_failure)
     await app.crash(reason)

@@ -16,8 +16,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from deploy.local.kafka import free_port
 from deploy.local.worker_process import WorkerProcess
+from streams.lag import group_lag
 from streams.settings import Settings
-from streams.topics import prepare_topics
+from streams.topics import consumed_topics, prepare_topics
 
 
 def isolated_settings(bootstrap: str, data_dir: Path, **overrides: object) -> Settings:
@@ -52,6 +53,12 @@ def start_worker(settings: Settings, name: str = "worker", extra_env: dict[str, 
     worker = WorkerProcess(settings, settings.data_dir / "logs" / f"{name}.log", dict(extra_env))
     worker.start()
     return worker
+
+
+def committed_offsets(settings: Settings, topics: list[str] | None = None) -> dict[tuple[str, int], int]:
+    """The group's committed offset of every partition of ``topics`` (all it consumes by default)."""
+    lags = asyncio.run(group_lag(settings.kafka_bootstrap, settings.app_id, topics or consumed_topics(settings)))
+    return {(item.topic, item.partition): item.committed for item in lags}
 
 
 def drain_with_new_worker(settings: Settings, name: str, timeout_s: float = 180) -> None:

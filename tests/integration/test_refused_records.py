@@ -11,20 +11,13 @@ from collections import Counter
 import pytest
 
 from schemas.events import TOPIC_BY_ACCOUNT
-from streams.lag import group_lag
-from streams.settings import Settings
 from streams.simulator import produce_events
 from streams.topics import consumed_topics
-from tests.integration.support import assert_store_exact, drain_with_new_worker, isolated_settings, start_worker
+from tests.integration.support import assert_store_exact, committed_offsets, drain_with_new_worker, isolated_settings, start_worker
 
 pytestmark = pytest.mark.integration
 
 CONFIG_COMMAND = "kafka.admin.ConfigCommand"
-
-
-def committed_offsets(settings: Settings, topics: list[str]) -> dict[tuple[str, int], int]:
-    lags = asyncio.run(group_lag(settings.kafka_bootstrap, settings.app_id, topics))
-    return {(item.topic, item.partition): item.committed for item in lags}
 
 
 def configure(local_kafka, topic: str, change: str, setting: str) -> None:

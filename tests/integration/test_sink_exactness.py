@@ -20,18 +20,11 @@ from urllib.parse import urlparse
 import pytest
 from aiokafka.errors import KafkaError
 
-from streams.lag import group_lag
 from streams.settings import Settings
 from streams.simulator import produce_events
-from streams.topics import consumed_topics
-from tests.integration.support import TcpProxy, assert_store_exact, drain_with_new_worker, isolated_settings, query, start_worker
+from tests.integration.support import TcpProxy, assert_store_exact, committed_offsets, drain_with_new_worker, isolated_settings, query, start_worker
 
 pytestmark = pytest.mark.integration
-
-def committed_offsets(settings: Settings) -> dict[tuple[str, int], int]:
-    lags = asyncio.run(group_lag(settings.kafka_bootstrap, settings.app_id, consumed_topics(settings)))
-    return {(item.topic, item.partition): item.committed for item in lags}
-
 
 def lag_of(worker) -> int:
     """The group's lag, once the broker can tell (a brand-new group's coordinator may still load)."""
