@@ -8,15 +8,23 @@ again, and their origin lets the account recognise them (processors.accounts).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
+
+import orjson
 
 from processors.identity import AccountDirectory, account_partition, waiting_keys
 from processors.validation import Rejection, validate_event
 
 Origin = tuple[str, int, int]  # (topic, partition, offset) of the raw message
 LearnedContact = tuple[str | None, str | None, str]  # (contact id, email, account id)
+
+# A forwarded message carries up to this many events, and up to this many bytes of JSON
+# unless it holds a single event: the internal topic's limit must then take one event
+# (schemas.events.MAX_EVENT_BYTES plus what routing adds), see streams.topics.
+EVENTS_PER_MESSAGE: Final = 500
+FORWARDED_MESSAGE_BYTES: Final = 512 * 1024
 
 
 @dataclass(slots=True)
@@ -76,3 +84,23 @@ def add_to_partition(by_partition: dict[int, list[dict[str, Any]]], event: dict[
 def keys_resolved_by(learned: list[LearnedContact]) -> set[str]:
     """The waiting keys newly learned contacts resolve."""
     return {key for contact_id, email, _ in learned for key in waiting_keys(contact_id, email)}
+
+
+def forwarded_messages(
+    events: Sequence[dict[str, Any]], max_events: int = EVENTS_PER_MESSAGE, max_bytes: int = FORWARDED_MESSAGE_BYTES
+) -> Iterator[bytes]:
+    """The events as JSON arrays of at most ``max_events`` events and ``max_bytes`` bytes
+    (a larger event goes alone), in order. Typical events are encoded once: only a chunk
+    over ``max_bytes`` is split, in halves."""
+    for start in range(0, len(events), max_events):
+        yield from _within(events[start : start + max_events], max_bytes)
+
+
+def _within(events: Sequence[dict[str, Any]], max_bytes: int) -> Iterator[bytes]:
+    encoded = orjson.dumps(events)
+    if len(encoded) <= max_bytes or len(events) == 1:
+        yield encoded
+        return
+    half = len(events) // 2
+    yield from _within(events[:half], max_bytes)
+    yield from _within(events[half:], max_bytes)

@@ -28,7 +28,7 @@ from clickhouse_connect.driver.client import Client
 
 from processors.dedup import DedupPolicy
 from processors.identity import AccountDirectory
-from processors.routing import LearnedContact, add_to_partition, attribute, keys_resolved_by, route_batch
+from processors.routing import EVENTS_PER_MESSAGE, LearnedContact, add_to_partition, attribute, forwarded_messages, keys_resolved_by, route_batch
 from processors.validation import Rejection
 from schemas.events import TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, source_topics
 from streams.checkpoint import Checkpoint
@@ -44,13 +44,13 @@ from streams.sink import ACCOUNT_COLUMNS, DEAD_LETTER_COLUMNS, EVENT_COLUMNS, TR
 from streams.staging import StageClock
 from streams.state import AccountStates
 from streams.store import dead_lettered_positions, stored_event_positions
-from streams.topics import consumed_topics
+from streams.topics import DEAD_LETTER_PART_BYTES, OUTPUT_MESSAGE_MAX_BYTES, consumed_topics
 from streams.unresolved import RESOLUTION_COLUMNS, UNRESOLVED_COLUMNS, pending_events, resolution_row, unresolved_row, waiting_domains
 
 log = logging.getLogger(__name__)
 
 FAILED_SHUTDOWN_DEADLINE_S = 30.0
-EVENTS_PER_MESSAGE = 500  # keeps a forwarded message well under Kafka's 1 MB default
+DEAD_LETTER_TEXT_CHARS = 4096  # a rejection's text can quote a field of up to 1 MiB
 NEVER_S = 365 * 86400.0
 
 
@@ -97,7 +97,7 @@ def create_app(settings: Settings) -> PulseApp:
         producer_compression_type="snappy",
         producer_linger=0.01,
         # An oversized event (rejected: over 1 MiB) must still fit in its dead letter.
-        producer_max_request_size=8 * 1024 * 1024,
+        producer_max_request_size=OUTPUT_MESSAGE_MAX_BYTES,
         # Faust's /table/ views would serve every account's state to anyone on the port.
         web_tables_enabled=False,
         # No standby copies: Faust clears its changelog queue when it resumes the flow at
@@ -141,7 +141,15 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
     directory = AccountDirectory(max_contacts=settings.directory_max_contacts)
     waiting = set(waiting_domains(client))  # domains some unresolved event waits on
     # bytes types make the changelog raw: the store and topic hold AccountState.to_bytes() as is
-    table = app.Table("account-state", partitions=partitions, key_type=bytes, value_type=bytes, options=rocksdb_options())
+    table = app.Table(
+        "account-state",
+        partitions=partitions,
+        key_type=bytes,
+        value_type=bytes,
+        options=rocksdb_options(),
+        # a busy account's state (its engaged contacts, events held for the watermark) can outgrow Kafka's 1 MiB default
+        extra_topic_configs={"max.message.bytes": str(OUTPUT_MESSAGE_MAX_BYTES)},
+    )
 
     states = AccountStates(table, partitions, max_cached=settings.state_cache_accounts)
     latencies = EventLatencies()
@@ -191,8 +199,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
     async def forward(by_partition: dict[int, list[dict[str, Any]]], learned: list[LearnedContact]) -> None:
         """Attributed events to their account's partition; newly learned contacts to the directory."""
         for partition, bucket in by_partition.items():
-            for start in range(0, len(bucket), EVENTS_PER_MESSAGE):
-                chunk = orjson.dumps(bucket[start : start + EVENTS_PER_MESSAGE])
+            for chunk in forwarded_messages(bucket):
                 await checkpoint.send(by_account_topic.get_topic_name(), None, chunk, partition)
             stats.forwarded += len(bucket)
         for contact_id, email, account_id in learned:
@@ -202,9 +209,13 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
 
     async def dead_letter(message: Any, rejection: Rejection) -> None:
         """To the dead-letter topic and the dead_letters table; the caller holds the checkpoint lock."""
-        await checkpoint.send(dead_letters, message.key, message.value, headers=_reason_headers(message, rejection))
+        key, value, text = _capped(message.key), _capped(message.value), rejection.message[:DEAD_LETTER_TEXT_CHARS]
+        headers = _reason_headers(message, rejection.reason.value, text)
+        if value is not message.value:
+            headers.append(("abm.truncated_from", str(len(message.value)).encode()))
+        await checkpoint.send(dead_letters, key, value, headers=headers)
         reason = rejection.reason.value
-        sink.add("dead_letters", [dead_letter_row(message, reason, rejection.message)])
+        sink.add("dead_letters", [dead_letter_row(message, reason, text, key, value)])
         stats.invalid_by_reason[reason] = stats.invalid_by_reason.get(reason, 0) + 1
 
     async def reroute_waiting(learned_keys: set[str]) -> None:
@@ -411,10 +422,15 @@ def rocksdb_options() -> dict[str, int]:
     return {"write_buffer_size": 4 * 2**20, "max_write_buffer_number": 2, "block_cache_size": 4 * 2**20}
 
 
-def _reason_headers(message: Any, rejection: Any) -> list[tuple[str, bytes]]:
+def _capped(part: bytes | None) -> bytes | None:
+    """A dead letter's key or value, cut to what its topic takes (see streams.topics)."""
+    return part[:DEAD_LETTER_PART_BYTES] if part is not None and len(part) > DEAD_LETTER_PART_BYTES else part
+
+
+def _reason_headers(message: Any, reason: str, text: str) -> list[tuple[str, bytes]]:
     return [
-        ("abm.reason", rejection.reason.value.encode()),
-        ("abm.message", rejection.message.encode()),
+        ("abm.reason", reason.encode()),
+        ("abm.message", text.encode()),
         ("abm.topic", message.topic.encode()),
         ("abm.partition", str(message.partition).encode()),
         ("abm.offset", str(message.offset).encode()),

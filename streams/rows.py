@@ -34,12 +34,10 @@ def event_row(event: dict[str, Any], partition: int, offset: int, index: int) ->
     )
 
 
-def dead_letter_row(message: Any, reason: str, text: str) -> tuple[Any, ...]:
-    """A rejected Kafka message (streams.fast_path.Fetched) with its reason and original bytes."""
-    return (
-        message.topic, message.partition, message.offset, message.timestamp_ms, reason, text,
-        message.key or b"", message.value or b"",
-    )
+def dead_letter_row(message: Any, reason: str, text: str, key: bytes | None, value: bytes | None) -> tuple[Any, ...]:
+    """A rejected Kafka message (streams.fast_path.Fetched) with its reason and its key and
+    value as dead-lettered (cut when too large)."""
+    return (message.topic, message.partition, message.offset, message.timestamp_ms, reason, text, key or b"", value or b"")
 
 
 def account_row(state: AccountState, now_ms: int, config: ScoringConfig) -> tuple[Any, ...]:

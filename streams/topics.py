@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from schemas.events import (
-    TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_STAGE_TRANSITIONS, TOPIC_UNRESOLVED, source_topics,
+    MAX_EVENT_BYTES, TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_STAGE_TRANSITIONS, TOPIC_UNRESOLVED, source_topics,
 )
 from streams.kafka_admin import ensure_topics
 from streams.settings import Settings
 
 REFERENCE_TOPICS = (TOPIC_ACCOUNTS, TOPIC_CONTACTS)
+OUTPUT_TOPICS = (TOPIC_BY_ACCOUNT, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, TOPIC_STAGE_TRANSITIONS)
+# A record the broker refuses stops the worker (nothing may be committed past it), so the
+# topics it writes take whatever it can send: one event of up to MAX_EVENT_BYTES with what
+# routing adds, or a dead letter's capped parts (DEAD_LETTER_PART_BYTES each). Kafka's
+# default is 1 MiB; the worker's producer sends requests of up to this size.
+OUTPUT_MESSAGE_MAX_BYTES = 8 * 1024 * 1024
+DEAD_LETTER_PART_BYTES = 2 * MAX_EVENT_BYTES  # of a dead letter's key, and of its value
 
 
 def consumed_topics(settings: Settings) -> list[str]:
@@ -22,12 +29,14 @@ def pipeline_topics(settings: Settings) -> list[str]:
 
 
 async def prepare_topics(settings: Settings) -> None:
-    """Creates the pipeline's topics that are missing; reference topics are compacted."""
-    compacted = {settings.topic(name): {"cleanup.policy": "compact"} for name in REFERENCE_TOPICS}
+    """Creates the pipeline's topics that are missing: reference topics compacted, output
+    topics taking any record the worker sends (topics that exist are left as they are)."""
+    configs = {settings.topic(name): {"cleanup.policy": "compact"} for name in REFERENCE_TOPICS}
+    configs |= {settings.topic(name): {"max.message.bytes": str(OUTPUT_MESSAGE_MAX_BYTES)} for name in OUTPUT_TOPICS}
     await ensure_topics(
         settings.kafka_bootstrap,
         pipeline_topics(settings),
         settings.topic_partitions,
         settings.topic_replication,
-        configs=compacted,
+        configs=configs,
     )

@@ -1,23 +1,34 @@
 """A record the broker refuses stops the worker: the batch it belonged to is gone from
 memory, and committing later offsets would lose it. Real broker (a topic's
-max.message.bytes lowered with Kafka's own ConfigCommand), real worker process, real
-embedded ClickHouse; after the topic is fixed, a restart makes every total exact."""
+max.message.bytes changed with Kafka's own ConfigCommand), real worker process, real
+embedded ClickHouse; after the topic is fixed, a restart makes every total exact.
+
+So what the worker sends must fit its topics whatever the input: large valid events are
+forwarded in smaller messages, and an oversized message's dead letter is cut."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import orjson
 import pytest
 
-from schemas.events import TOPIC_BY_ACCOUNT
-from streams.simulator import produce_events
-from streams.topics import consumed_topics
-from tests.integration.support import assert_store_exact, committed_offsets, drain_with_new_worker, isolated_settings, start_worker
+from schemas.events import EVENT_TYPES, MAX_EVENT_BYTES, TOPIC_BY_ACCOUNT, TOPIC_DEAD_LETTERS
+from streams.simulator import encode, iter_events, produce_events
+from streams.topics import DEAD_LETTER_PART_BYTES, consumed_topics
+from tests.integration.support import (
+    assert_store_exact, committed_offsets, consume_all, drain_with_new_worker, isolated_settings, produce, query, start_worker,
+)
 
 pytestmark = pytest.mark.integration
 
 CONFIG_COMMAND = "kafka.admin.ConfigCommand"
+KAFKA_DEFAULT_MESSAGE_MAX_BYTES = 1_048_588
 
 
 def configure(local_kafka, topic: str, change: str, setting: str) -> None:
@@ -54,4 +65,71 @@ def test_a_refused_record_stops_the_worker_and_a_restart_loses_nothing(local_kaf
 
     configure(local_kafka, topic, "--delete-config", "max.message.bytes")
     drain_with_new_worker(settings, "second")
+    assert_store_exact(settings, counts)
+
+
+@contextmanager
+def broker_default(local_kafka, name: str, value: int) -> Iterator[None]:
+    """A cluster-wide broker config for the duration: topics without their own follow it."""
+    alter = (CONFIG_COMMAND, "--bootstrap-server", local_kafka.bootstrap, "--alter", "--entity-type", "brokers", "--entity-default")
+    local_kafka.run_tool(*alter, "--add-config", f"{name}={value}")
+    try:
+        yield
+    finally:
+        local_kafka.run_tool(*alter, "--delete-config", name)
+
+
+def padded(event: dict, size: int) -> bytes:
+    """The event with an incompressible property that makes its JSON exactly ``size`` bytes."""
+    event = {**event, "properties": {**event.get("properties", {}), "blob": ""}}
+    blob_chars = size - len(encode(event))
+    event["properties"]["blob"] = base64.b64encode(os.urandom(blob_chars))[:blob_chars].decode()
+    raw = encode(event)
+    assert len(raw) == size
+    return raw
+
+
+def test_large_events_and_oversized_messages_fit_the_topics_the_worker_writes(local_kafka, tmp_path):
+    settings = isolated_settings(local_kafka.bootstrap, tmp_path / "abm")
+    goods = list(iter_events(seed=71, accounts=3, contacts_per_account=2, count=201, expected_events=201, history_days=1))
+    # 200 valid events of 64 KiB for 3 accounts: a message of 500 of them would be refused
+    records = [(settings.topic(EVENT_TYPES[e["type"]].topic), None, padded(e, 64 * 1024)) for e in goods[:200]]
+    counts = Counter(e["type"] for e in goods)
+    # on a raw topic whose operator accepts messages of up to 16 MiB:
+    big_topic = settings.topic(EVENT_TYPES[goods[200]["type"]].topic)
+    largest_valid = padded(goods[200], MAX_EVENT_BYTES)  # forwarded with what routing adds
+    waiting = {k: v for k, v in goods[200].items() if k != "account_id"}
+    waiting |= {"event_id": "waits", "email": "someone@unknown-domain.example", "contact_id": "new-contact"}
+    largest_unresolved = padded(waiting, MAX_EVENT_BYTES)  # to the unresolved topic
+    too_large = padded({**goods[200], "event_id": "too-large"}, 3 * 1024 * 1024)
+    unknown_type = orjson.dumps({**goods[0], "event_id": "unknown", "type": "t" * 100_000})
+    records += [(big_topic, None, value) for value in (largest_valid, largest_unresolved, too_large, unknown_type)]
+
+    # Kafka's default limit (the test broker's is 4 MiB) on every topic without its own
+    with broker_default(local_kafka, "message.max.bytes", KAFKA_DEFAULT_MESSAGE_MAX_BYTES):
+        worker = start_worker(settings)
+        try:
+            configure(local_kafka, big_topic, "--add-config", f"max.message.bytes={16 * 1024 * 1024}")
+            asyncio.run(produce(local_kafka.bootstrap, records, max_request_size=16 * 1024 * 1024))
+            worker.wait_drained(timeout_s=120)
+            stats = worker.status()["stats"]
+            assert (stats["raw_in"], stats["applied"], stats["unresolved"]) == (204, 201, 1)
+            assert stats["invalid_by_reason"] == {"too_large": 1, "unknown_type": 1}
+            dead = asyncio.run(consume_all(local_kafka.bootstrap, settings.topic(TOPIC_DEAD_LETTERS), 2, timeout_s=60))
+        finally:
+            assert worker.stop() == 0, worker.log_tail()  # it never stopped on its own
+
+    by_reason = {dict(m.headers)["abm.reason"].decode(): m for m in dead}
+    assert sorted(by_reason) == ["too_large", "unknown_type"]
+    cut = by_reason["too_large"]
+    assert cut.value == too_large[:DEAD_LETTER_PART_BYTES]
+    assert dict(cut.headers)["abm.truncated_from"] == str(len(too_large)).encode()
+    named = by_reason["unknown_type"]
+    assert named.value == unknown_type and "abm.truncated_from" not in dict(named.headers)
+    assert dict(named.headers)["abm.message"].startswith(b"unknown event type 'ttt") and len(dict(named.headers)["abm.message"]) == 4096
+    stored = query(settings, "SELECT reason, length(payload) AS size, length(message) AS text FROM dead_letters FINAL ORDER BY reason")
+    assert stored == [{"reason": "too_large", "size": DEAD_LETTER_PART_BYTES, "text": len(dict(cut.headers)["abm.message"])},
+                      {"reason": "unknown_type", "size": len(unknown_type), "text": 4096}]
+    [waits] = query(settings, "SELECT count() AS n FROM unresolved_events")
+    assert waits["n"] == 1
     assert_store_exact(settings, counts)

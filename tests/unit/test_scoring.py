@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from processors.accounts import fold_events, settle
 from processors.dedup import DedupPolicy
 from processors.identity import AccountDirectory, account_partition
-from processors.routing import route_batch
+from processors.routing import EVENTS_PER_MESSAGE, forwarded_messages, route_batch
 from processors.rules import merged, parse_rules
 from processors.scoring import DAY_MS, RETENTION_DAYS, AccountState, apply_event, engaged_contacts, rolling_counts, score_at, seniority_of
 from processors.stages import STAGE_RANK, fall_back_until
@@ -100,6 +100,31 @@ def test_routing_gives_events_the_seniority_of_their_contacts_title():
     routed = route_batch([raw], [("raw", 0, 0)], T0, 8, directory)
     [event] = [e for bucket in routed.by_partition.values() for e in bucket]
     assert (event["account_id"], event["_seniority"]) == ("a1", "c_level")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=3_000), max_size=1_200), st.integers(min_value=2, max_value=40))
+def test_forwarded_messages_keep_every_event_in_order_within_their_limits(blob_sizes, max_events):
+    events = [{"event_id": str(n), "blob": "x" * size} for n, size in enumerate(blob_sizes)]
+    max_bytes = 4_096
+    messages = list(forwarded_messages(events, max_events, max_bytes))
+    chunks = [orjson.loads(message) for message in messages]
+    assert [e for chunk in chunks for e in chunk] == events
+    for message, chunk in zip(messages, chunks):
+        assert 1 <= len(chunk) <= max_events
+        assert len(message) <= max_bytes or len(chunk) == 1  # a larger event goes alone
+    # small events are not split below the count limit
+    if all(size < 20 for size in blob_sizes):
+        assert len(messages) == -(-len(events) // max_events)
+
+
+def test_forwarded_messages_default_to_500_events_and_cut_a_large_chunk_in_halves():
+    small = [{"event_id": str(n)} for n in range(1_234)]
+    assert [len(orjson.loads(m)) for m in forwarded_messages(small)] == [EVENTS_PER_MESSAGE, EVENTS_PER_MESSAGE, 234]
+    large = [{"event_id": str(n), "blob": "x" * 100_000} for n in range(20)]
+    # 20 events of ~100 kB: halved twice to chunks of 5 (~500 kB each) under 512 KiB
+    assert [len(orjson.loads(m)) for m in forwarded_messages(large)] == [5, 5, 5, 5]
+
 
 
 def test_rolling_counts_and_breadth_over_event_time_with_bounded_memory():
