@@ -44,7 +44,7 @@ from streams.sink import ACCOUNT_COLUMNS, DEAD_LETTER_COLUMNS, EVENT_COLUMNS, TR
 from streams.staging import StageClock
 from streams.state import AccountStates
 from streams.store import dead_lettered_positions, stored_event_positions
-from streams.topics import DEAD_LETTER_PART_BYTES, OUTPUT_MESSAGE_MAX_BYTES, consumed_topics
+from streams.topics import DEAD_LETTER_PART_BYTES, OUTPUT_MESSAGE_MAX_BYTES, STATE_TABLE, consumed_topics
 from streams.unresolved import RESOLUTION_COLUMNS, UNRESOLVED_COLUMNS, pending_events, resolution_row, unresolved_row, waiting_domains
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
     waiting = set(waiting_domains(client))  # domains some unresolved event waits on
     # bytes types make the changelog raw: the store and topic hold AccountState.to_bytes() as is
     table = app.Table(
-        "account-state",
+        STATE_TABLE,
         partitions=partitions,
         key_type=bytes,
         value_type=bytes,

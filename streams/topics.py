@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from schemas.events import (
     MAX_EVENT_BYTES, TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_STAGE_TRANSITIONS, TOPIC_UNRESOLVED, source_topics,
 )
-from streams.kafka_admin import ensure_topics
+from streams.kafka_admin import ensure_topics, raise_message_limits
 from streams.settings import Settings
 
 REFERENCE_TOPICS = (TOPIC_ACCOUNTS, TOPIC_CONTACTS)
@@ -16,6 +18,14 @@ OUTPUT_TOPICS = (TOPIC_BY_ACCOUNT, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, TOPIC_S
 # default is 1 MiB; the worker's producer sends requests of up to this size.
 OUTPUT_MESSAGE_MAX_BYTES = 8 * 1024 * 1024
 DEAD_LETTER_PART_BYTES = 2 * MAX_EVENT_BYTES  # of a dead letter's key, and of its value
+STATE_TABLE = "account-state"
+
+log = logging.getLogger(__name__)
+
+
+def state_changelog_topic(settings: Settings) -> str:
+    """Where Faust writes the account-state table's changelog."""
+    return f"{settings.app_id}-{STATE_TABLE}-changelog"
 
 
 def consumed_topics(settings: Settings) -> list[str]:
@@ -30,7 +40,9 @@ def pipeline_topics(settings: Settings) -> list[str]:
 
 async def prepare_topics(settings: Settings) -> None:
     """Creates the pipeline's topics that are missing: reference topics compacted, output
-    topics taking any record the worker sends (topics that exist are left as they are)."""
+    topics taking any record the worker sends. Topics that exist keep their configs,
+    except a message limit too small for what the worker writes (topics created by an
+    earlier version, or by hand), which is raised."""
     configs = {settings.topic(name): {"cleanup.policy": "compact"} for name in REFERENCE_TOPICS}
     configs |= {settings.topic(name): {"max.message.bytes": str(OUTPUT_MESSAGE_MAX_BYTES)} for name in OUTPUT_TOPICS}
     await ensure_topics(
@@ -40,3 +52,6 @@ async def prepare_topics(settings: Settings) -> None:
         settings.topic_replication,
         configs=configs,
     )
+    written = [*(settings.topic(name) for name in OUTPUT_TOPICS), state_changelog_topic(settings)]
+    for topic in await raise_message_limits(settings.kafka_bootstrap, written, OUTPUT_MESSAGE_MAX_BYTES):
+        log.warning("raised max.message.bytes of topic %s to %d: the worker writes records up to that size", topic, OUTPUT_MESSAGE_MAX_BYTES)

@@ -17,10 +17,13 @@ from contextlib import contextmanager
 
 import orjson
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from schemas.events import EVENT_TYPES, MAX_EVENT_BYTES, TOPIC_BY_ACCOUNT, TOPIC_DEAD_LETTERS
+from schemas.events import EVENT_TYPES, MAX_EVENT_BYTES, TOPIC_BY_ACCOUNT, TOPIC_DEAD_LETTERS, TOPIC_STAGE_TRANSITIONS, TOPIC_UNRESOLVED
+from streams.kafka_admin import TOPIC_OVERRIDE, ensure_topics
 from streams.simulator import encode, iter_events, produce_events
-from streams.topics import DEAD_LETTER_PART_BYTES, consumed_topics
+from streams.topics import DEAD_LETTER_PART_BYTES, OUTPUT_MESSAGE_MAX_BYTES, consumed_topics, prepare_topics, state_changelog_topic
 from tests.integration.support import (
     assert_store_exact, committed_offsets, consume_all, drain_with_new_worker, isolated_settings, produce, query, start_worker,
 )
@@ -43,7 +46,7 @@ def test_a_refused_record_stops_the_worker_and_a_restart_loses_nothing(local_kaf
     settings = isolated_settings(local_kafka.bootstrap, tmp_path / "abm")
     by_account = settings.topic(TOPIC_BY_ACCOUNT)
     # forwarded events are sent by the ingest agent; account states by the checkpoint
-    topic = by_account if refusing == "forwarded events" else f"{settings.app_id}-account-state-changelog"
+    topic = by_account if refusing == "forwarded events" else state_changelog_topic(settings)
     worker = start_worker(settings, "first")
     try:
         counts = Counter(asyncio.run(produce_events(settings, accounts=60, contacts_per_account=3, rate=None, duration_s=None, count=3_000, seed=61)))
@@ -133,3 +136,45 @@ def test_large_events_and_oversized_messages_fit_the_topics_the_worker_writes(lo
     [waits] = query(settings, "SELECT count() AS n FROM unresolved_events")
     assert waits["n"] == 1
     assert_store_exact(settings, counts)
+
+
+async def topic_overrides(bootstrap: str, topics: list[str]) -> dict[str, dict[str, str]]:
+    """The configs set on each topic itself."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name) for name in topics])
+    finally:
+        await admin.close()
+    return {
+        resource["resource_name"]: {e["config_names"]: e["config_value"] for e in resource["config_entries"] if e["config_source"] == TOPIC_OVERRIDE}
+        for response in described
+        for resource in response.to_object()["resources"]
+    }
+
+
+def test_preparing_the_topics_raises_too_small_limits_of_the_topics_the_worker_writes_and_keeps_their_other_configs(local_kafka, tmp_path):
+    settings = isolated_settings(local_kafka.bootstrap, tmp_path / "abm")
+    dead, transitions, unresolved = (settings.topic(name) for name in (TOPIC_DEAD_LETTERS, TOPIC_STAGE_TRANSITIONS, TOPIC_UNRESOLVED))
+    changelog, raw = state_changelog_topic(settings), consumed_topics(settings)[0]
+    small, large, week = str(KAFKA_DEFAULT_MESSAGE_MAX_BYTES), str(2 * OUTPUT_MESSAGE_MAX_BYTES), str(7 * 86_400_000)
+    # as an earlier version, Faust or an operator left them
+    existing = {
+        dead: {"max.message.bytes": small, "retention.ms": week},
+        transitions: {"max.message.bytes": large},
+        changelog: {"cleanup.policy": "compact", "max.message.bytes": small},
+        raw: {"max.message.bytes": small},  # read, never written, by the worker
+    }
+    asyncio.run(ensure_topics(local_kafka.bootstrap, list(existing), 2, 1, configs=existing))
+
+    asyncio.run(prepare_topics(settings))
+    asyncio.run(prepare_topics(settings))  # a second start changes nothing
+
+    raised = str(OUTPUT_MESSAGE_MAX_BYTES)
+    assert asyncio.run(topic_overrides(local_kafka.bootstrap, [*existing, unresolved])) == {
+        dead: {"max.message.bytes": raised, "retention.ms": week},
+        transitions: {"max.message.bytes": large},
+        changelog: {"cleanup.policy": "compact", "max.message.bytes": raised},
+        raw: {"max.message.bytes": small},
+        unresolved: {"max.message.bytes": raised},  # created now
+    }
