@@ -43,7 +43,7 @@ from streams.settings import Settings
 from streams.sink import ACCOUNT_COLUMNS, DEAD_LETTER_COLUMNS, EVENT_COLUMNS, TRANSITION_COLUMNS, ClickHouseSink
 from streams.staging import StageClock
 from streams.state import AccountStates
-from streams.store import dead_lettered_positions, stored_event_positions
+from streams.store import dead_lettered_positions, rebuild_derived, stored_event_positions
 from streams.topics import DEAD_LETTER_PART_BYTES, OUTPUT_MESSAGE_MAX_BYTES, STATE_TABLE, consumed_topics
 from streams.unresolved import RESOLUTION_COLUMNS, UNRESOLVED_COLUMNS, pending_events, resolution_row, unresolved_row, waiting_domains
 
@@ -352,8 +352,12 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
         owned = {tp.partition for tp in assigned if tp.topic == by_account_topic.get_topic_name()}
         lags = [item for item in await group_lag(settings.kafka_bootstrap, settings.app_id, [by_account_topic.get_topic_name()]) if item.partition in owned]
         async with checkpoint.lock:
+            committed = {item.partition: item.committed for item in lags}
             stored_ahead.clear()
-            stored_ahead.update(await sink.call(stored_event_positions, {item.partition: item.committed for item in lags}))
+            stored_ahead.update(await sink.call(stored_event_positions, committed))
+            if stored_ahead:  # a worker was killed after an insert: its views may lack the rows
+                rebuilt = await sink.call(rebuild_derived, committed, settings.events_ttl_days)
+                log.warning("%d events stored past the committed offsets; rebuilt their accounts' rows of %s", len(stored_ahead), ", ".join(rebuilt))
             stage_clock.assigned({item.partition: (item.committed, item.metadata) for item in lags})
         stored_ahead_known.set()
 

@@ -8,6 +8,7 @@ one OS process; the process that writes owns it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -17,6 +18,8 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 from streams.settings import Settings
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS_TABLE = "schema_migrations"
 _MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
@@ -142,6 +145,11 @@ def open_store(settings: Settings) -> Client:
     return client
 
 
+def _past(from_offsets: dict[int, int]) -> str:
+    """The events rows at or past the given offset of each by-account partition."""
+    return " OR ".join(f"(src_partition = {int(p)} AND src_offset >= {max(int(o), 0)})" for p, o in sorted(from_offsets.items()))
+
+
 def stored_event_positions(client: Client, from_offsets: dict[int, int]) -> set[tuple[int, int, int]]:
     """The (by-account partition, offset, index) of the event rows stored at or past the
     given offset of each partition (-1: the group committed nothing there yet).
@@ -152,9 +160,79 @@ def stored_event_positions(client: Client, from_offsets: dict[int, int]) -> set[
     """
     if not from_offsets:
         return set()
-    where = " OR ".join(f"(src_partition = {int(p)} AND src_offset >= {max(int(o), 0)})" for p, o in sorted(from_offsets.items()))
-    rows = client.query(f"SELECT src_partition, src_offset, src_index FROM events WHERE {where}").result_rows
+    rows = client.query(f"SELECT src_partition, src_offset, src_index FROM events WHERE {_past(from_offsets)}").result_rows
     return {(int(p), int(o), int(i)) for p, o, i in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class DerivedTable:
+    """A table a materialized view fills from every insert into ``events``."""
+
+    view: str
+    target: str
+    select: str  # the view's query
+    columns: tuple[str, ...]  # what the query gives, by name
+
+    @property
+    def day(self) -> str:
+        """The day of a row: every derived table keeps the event day or the event time."""
+        return "day" if "day" in self.columns else "toDate(occurred_at)"
+
+
+def derived_tables(client: Client) -> tuple[list[DerivedTable], list[str]]:
+    """The materialized views on ``events`` whose rows can be rebuilt by account and day
+    (those writing to a table of their own, with ``account_id`` and ``day`` or
+    ``occurred_at``), and the names of the others (a user's own views, say)."""
+    views = client.query(
+        "SELECT name, as_select, create_table_query FROM system.tables WHERE database = currentDatabase() "
+        "AND name IN (SELECT arrayJoin(dependencies_table) FROM system.tables WHERE database = currentDatabase() AND name = 'events')"
+    ).result_rows
+    found, others = [], []
+    for view, select, create in sorted(views):
+        target = re.search(r"\bTO (\S+)", create)
+        columns = client.query("SELECT name FROM system.columns WHERE database = currentDatabase() AND table = {view:String} ORDER BY position", parameters={"view": view})
+        names = tuple(name for (name,) in columns.result_rows)
+        if target is None or "account_id" not in names or not {"day", "occurred_at"} & set(names):
+            others.append(view)
+        else:
+            found.append(DerivedTable(view, target.group(1), select, names))
+    return found, others
+
+
+def rebuild_derived(client: Client, from_offsets: dict[int, int], retention_days: int) -> list[str]:
+    """Rebuilds, from ``events``, the derived tables' rows of the accounts whose events are
+    stored past the committed offsets, from the day of the earliest of them; returns the
+    tables rebuilt (none when no such events are stored).
+
+    An insert feeds ``events`` and its materialized views one after the other: a worker
+    killed in between leaves the events stored and the views without them (seen after a
+    kill -9: a whole checkpoint's events missing from campaign_facts). Those events are
+    not inserted again (stored_event_positions), so the views' rows are made again from
+    ``events``, the source of truth. Rows older than the retention are kept: their events
+    may be gone. Runs again harmlessly after a crash of its own. Views it cannot rebuild
+    (``derived_tables``) are logged.
+    """
+    if not from_offsets:
+        return []
+    past = _past(from_offsets)
+    [(first,)] = client.query(f"SELECT toString(min(toDate(occurred_at))) FROM events WHERE {past} HAVING count() > 0").result_rows or [(None,)]
+    if first is None:
+        return []
+    if retention_days:
+        [(kept,)] = client.query(f"SELECT toString(today() - {int(retention_days) - 1})").result_rows
+        first = max(first, kept)
+    tables, others = derived_tables(client)
+    if others:
+        log.warning("materialized views on events that cannot be rebuilt after a crash (no TO table, account_id or day): %s", ", ".join(others))
+    rebuilt = []
+    for table in tables:
+        slice_ = f"account_id IN (SELECT account_id FROM events WHERE {past}) AND {table.day} >= toDate('{first}')"
+        columns = ", ".join(f"`{name}`" for name in table.columns)
+        client.command(f"DELETE FROM {table.target} WHERE {slice_}")
+        # without a token, an insert whose block equals an earlier one would be dropped
+        client.command(f"INSERT INTO {table.target} ({columns}) SELECT {columns} FROM ({table.select}) WHERE {slice_}", settings={"insert_deduplicate": 0})
+        rebuilt.append(table.target.rpartition(".")[2])
+    return rebuilt
 
 
 def dead_lettered_positions(client: Client, topics: list[str]) -> set[tuple[str, int, int]]:

@@ -109,6 +109,13 @@ def query(settings: Settings, sql: str) -> list[dict]:
     return orjson.loads(done.stdout)
 
 
+def store_commands(settings: Settings, *statements: str) -> None:
+    """Runs statements on the stopped worker's store, in a separate process (see ``query``)."""
+    script = "import sys\nfrom streams.settings import Settings\nfrom streams.store import open_client\nclient = open_client(Settings())\nfor statement in sys.argv[1:]:\n    client.command(statement)\n"
+    done = subprocess.run([sys.executable, "-c", script, *statements], env=store_env(settings), capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+
+
 class TcpProxy:
     """A real TCP proxy on a free loopback port (its own thread and event loop) to
     ``host:port``. ``cut()`` drops every connection through it and refuses new ones, as

@@ -401,3 +401,84 @@ def test_stored_event_positions_are_exactly_the_rows_past_the_committed_offsets(
     assert store.stored_event_positions(db, {1: 10, 2: 5}) == {(1, 11, 1), (1, 12, 0)}
     assert store.stored_event_positions(db, {3: -1}) == {(3, 0, 0)}  # nothing committed yet: all of it
     assert store.stored_event_positions(db, {}) == set()
+
+
+# ------------------------------------------------------------------------ derived tables after a crash
+
+EVENT_COLUMNS = ["event_id", "type", "source", "account_id", "contact_id", "campaign_id", "url", "occurred_at", "received_at", "properties", "src_partition", "src_offset"]
+DERIVED_CONTENTS = {
+    "campaign_facts": "SELECT * FROM campaign_facts ORDER BY ALL",
+    "opportunity_updates": "SELECT * FROM opportunity_updates ORDER BY ALL",
+    "nps_responses": "SELECT * FROM nps_responses ORDER BY ALL",
+    "account_daily_engagement": (
+        "SELECT account_id, day, type, sum(events), uniqExactMerge(contacts), toString(minMapMerge(contacts_first)) "
+        "FROM account_daily_engagement GROUP BY ALL ORDER BY ALL"
+    ),
+}
+
+
+def _event(event_id: str, kind: str, account: str, contact: str, at: datetime, offset: int, properties: str = "{}") -> list:
+    return [event_id, kind, "src", account, contact, "camp-1", "https://x.example/p", at, at, properties, 1, offset]
+
+
+def _derived(db: Client) -> dict[str, list]:
+    return {table: db.query(sql).result_rows for table, sql in DERIVED_CONTENTS.items()}
+
+
+def _insert_without_views(db: Client, rows: list[list], views: list[str]) -> None:
+    """As a worker killed between the insert into events and the one into these views."""
+    for view in views:
+        db.command(f"DETACH TABLE {view}")
+    db.insert("events", rows, column_names=EVENT_COLUMNS)
+    for view in views:
+        db.command(f"ATTACH TABLE {view}")
+
+
+def test_rebuilding_after_a_crash_gives_the_derived_tables_of_an_uninterrupted_insert(database_client):
+    crashed, reference = database_client(), database_client()
+    for db in (crashed, reference):
+        apply_migrations(db)
+    day1, day2 = datetime(2026, 11, 2, 9, tzinfo=timezone.utc), datetime(2026, 11, 3, 9, tzinfo=timezone.utc)
+    committed = [  # by-account partition 1, offsets below the committed 10
+        _event("e1", "email_open", "acc-a", "c1", day1, 3, '{"machine_open":false}'),
+        _event("e2", "page_view", "acc-a", "c2", day2, 4),
+        _event("e3", "email_click", "acc-c", "c9", day2, 5),  # acc-c has no events past the offset
+        _event("e4", "nps_response", "acc-b", "c5", day1, 6, '{"score":9}'),
+    ]
+    past = [  # stored past the committed offset by the killed worker
+        _event("e5", "email_open", "acc-a", "c2", day2, 10, '{"machine_open":false}'),
+        _event("e6", "page_view", "acc-a", "c3", day2, 10),
+        _event("e7", "opportunity_stage_changed", "acc-b", "", day2, 11, '{"opportunity_id":"o1","stage":"won","is_closed":true,"is_won":true}'),
+        _event("e8", "nps_response", "acc-b", "c6", day2, 11, '{"score":3}'),
+    ]
+    # a user's own view, with no account: left as it is
+    crashed.command("CREATE TABLE events_by_type (type String, n UInt64) ENGINE = SummingMergeTree ORDER BY type")
+    crashed.command("CREATE MATERIALIZED VIEW events_by_type_mv TO events_by_type AS SELECT type, count() AS n FROM events GROUP BY type")
+    reference.insert("events", committed + past, column_names=EVENT_COLUMNS)
+    crashed.insert("events", committed, column_names=EVENT_COLUMNS)
+    # campaign_facts got its rows, the other views did not
+    _insert_without_views(crashed, past, ["account_daily_engagement_mv", "opportunity_updates_mv", "nps_responses_mv"])
+    expected = _derived(reference)
+    assert _derived(crashed) != expected
+
+    rebuilt = store.rebuild_derived(crashed, {1: 10}, retention_days=0)
+    assert sorted(rebuilt) == sorted(DERIVED_CONTENTS)
+    assert _derived(crashed) == expected
+    store.rebuild_derived(crashed, {1: 10}, retention_days=0)  # a crash of its own: again
+    assert _derived(crashed) == expected
+    assert store.rebuild_derived(crashed, {1: 12}, retention_days=0) == []  # nothing stored past the offsets
+    assert store.rebuild_derived(crashed, {}, retention_days=0) == []
+
+
+def test_rebuilding_keeps_the_derived_rows_older_than_the_retention(database_client):
+    db = database_client()
+    apply_migrations(db)
+    now = datetime.now(timezone.utc)
+    old, recent = now - timedelta(days=40), now - timedelta(days=2)
+    db.insert("events", [_event(f"old{i}", "page_view", "acc-a", "c1", old, 2) for i in range(2)], column_names=EVENT_COLUMNS)
+    db.command("DELETE FROM events WHERE event_id LIKE 'old%'")  # expired: their aggregates stay
+    _insert_without_views(db, [_event("late", "page_view", "acc-a", "c2", old, 10), _event("new", "page_view", "acc-a", "c3", recent, 10)], ["account_daily_engagement_mv"])
+
+    store.rebuild_derived(db, {1: 10}, retention_days=30)
+    engaged = db.query("SELECT day, sum(events) FROM account_daily_engagement GROUP BY day ORDER BY day").result_rows
+    assert engaged == [(old.date(), 2), (recent.date(), 1)]  # the old day as it was; the late event there is not repaired
