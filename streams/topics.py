@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from aiokafka.errors import KafkaError
+
 from schemas.events import (
     MAX_EVENT_BYTES, TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_STAGE_TRANSITIONS, TOPIC_UNRESOLVED, source_topics,
 )
@@ -53,5 +55,10 @@ async def prepare_topics(settings: Settings) -> None:
         configs=configs,
     )
     written = [*(settings.topic(name) for name in OUTPUT_TOPICS), state_changelog_topic(settings)]
-    for topic in await raise_message_limits(settings.kafka_bootstrap, written, OUTPUT_MESSAGE_MAX_BYTES):
+    try:
+        raised = await raise_message_limits(settings.kafka_bootstrap, written, OUTPUT_MESSAGE_MAX_BYTES)
+    except KafkaError as exc:  # e.g. no right to alter topic configs: start as before
+        log.error("could not raise max.message.bytes of the topics the worker writes to %d (%s): a larger record will stop it", OUTPUT_MESSAGE_MAX_BYTES, exc)
+        return
+    for topic in raised:
         log.warning("raised max.message.bytes of topic %s to %d: the worker writes records up to that size", topic, OUTPUT_MESSAGE_MAX_BYTES)
