@@ -198,7 +198,7 @@ def test_views_without_the_rows_of_a_killed_insert_are_rebuilt_at_the_next_start
     checkpoint's events were missing from campaign_facts after a kill -9 in a CI run).
     That state is made here by hand, for half the partitions: their offsets moved back,
     their accounts' derived rows deleted. The next worker does not insert those events
-    again and rebuilds the derived rows: every table is exact, the others untouched."""
+    again and rebuilds the derived rows: every table is exact."""
     settings = isolated_settings(kafka_bootstrap, tmp_path / "abm")
     worker = start_worker(settings, "first")
     try:
