@@ -9,7 +9,7 @@ from aiokafka.errors import KafkaError
 from schemas.events import (
     MAX_EVENT_BYTES, TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_STAGE_TRANSITIONS, TOPIC_UNRESOLVED, source_topics,
 )
-from streams.kafka_admin import ensure_topics, raise_message_limits
+from streams.kafka_admin import MAX_MESSAGE_BYTES, ensure_topics, raise_message_limits
 from streams.settings import Settings
 
 REFERENCE_TOPICS = (TOPIC_ACCOUNTS, TOPIC_CONTACTS)
@@ -19,6 +19,7 @@ OUTPUT_TOPICS = (TOPIC_BY_ACCOUNT, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, TOPIC_S
 # routing adds, or a dead letter's capped parts (DEAD_LETTER_PART_BYTES each). Kafka's
 # default is 1 MiB; the worker's producer sends requests of up to this size.
 OUTPUT_MESSAGE_MAX_BYTES = 8 * 1024 * 1024
+OUTPUT_TOPIC_CONFIGS = {MAX_MESSAGE_BYTES: str(OUTPUT_MESSAGE_MAX_BYTES)}  # of the topics it writes, the changelog too
 DEAD_LETTER_PART_BYTES = 2 * MAX_EVENT_BYTES  # of a dead letter's key, and of its value
 STATE_TABLE = "account-state"
 
@@ -46,7 +47,7 @@ async def prepare_topics(settings: Settings) -> None:
     except a message limit too small for what the worker writes (topics created by an
     earlier version, or by hand), which is raised."""
     configs = {settings.topic(name): {"cleanup.policy": "compact"} for name in REFERENCE_TOPICS}
-    configs |= {settings.topic(name): {"max.message.bytes": str(OUTPUT_MESSAGE_MAX_BYTES)} for name in OUTPUT_TOPICS}
+    configs |= {settings.topic(name): OUTPUT_TOPIC_CONFIGS for name in OUTPUT_TOPICS}
     await ensure_topics(
         settings.kafka_bootstrap,
         pipeline_topics(settings),
@@ -58,7 +59,7 @@ async def prepare_topics(settings: Settings) -> None:
     try:
         raised = await raise_message_limits(settings.kafka_bootstrap, written, OUTPUT_MESSAGE_MAX_BYTES)
     except KafkaError as exc:  # e.g. no right to alter topic configs: start as before
-        log.error("could not raise max.message.bytes of the topics the worker writes to %d (%s): a larger record will stop it", OUTPUT_MESSAGE_MAX_BYTES, exc)
+        log.error("could not raise %s of the topics the worker writes to %d (%s): a larger record will stop it", MAX_MESSAGE_BYTES, OUTPUT_MESSAGE_MAX_BYTES, exc)
         return
     for topic in raised:
-        log.warning("raised max.message.bytes of topic %s to %d: the worker writes records up to that size", topic, OUTPUT_MESSAGE_MAX_BYTES)
+        log.warning("raised %s of topic %s to %d: the worker writes records up to that size", MAX_MESSAGE_BYTES, topic, OUTPUT_MESSAGE_MAX_BYTES)
