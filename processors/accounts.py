@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from processors.dedup import DedupPolicy, event_key, forget_old, next_prune_size, seen_before
+from processors.dedup import DedupPolicy, event_key, forget_old, must_prune, next_prune_size, seen_before
 from processors.scoring import AccountState, ScoringConfig, apply_event
 from processors.stages import StageRules, StageTransition, fall_back_until, may_move_up, note_signals, restage
 
@@ -59,7 +59,7 @@ def fold_events(
             continue
         if event["occurred_at_ms"] > state.latest_seen_ms:
             state.latest_seen_ms = event["occurred_at_ms"]
-        if len(state.recent_ids) > state.prune_ids_at:
+        if must_prune(state.recent_ids, state.prune_ids_at, dedup):
             forget_old(state.recent_ids, state.latest_seen_ms, dedup)
             state.prune_ids_at = next_prune_size(len(state.recent_ids))
         folded.applied.append(event)

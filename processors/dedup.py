@@ -6,6 +6,8 @@ event id. Every account remembers the ids of its recent events, as 64-bit digest
 their event time, so its memory is bounded by its traffic within the horizon (and a
 hard cap). A duplicate of an event more than the horizon older than the account's
 newest event is no longer recognised: the horizon must exceed the sources' retry span.
+An account never remembers more than ``max_ids``: past it, the oldest eighth is
+forgotten at once, so a busy account prunes once per eighth of the cap, not per event.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ MIN_PRUNE_SIZE: Final = 1024
 @dataclass(frozen=True, slots=True)
 class DedupPolicy:
     horizon_ms: int = 48 * 3_600_000
-    max_ids: int = 200_000  # per account: a hard cap whatever the traffic
+    max_ids: int = 200_000  # per account: a hard cap whatever the traffic (~2 MiB of a state's bytes)
 
 
 def event_key(event: dict[str, Any]) -> int:
@@ -43,12 +45,19 @@ def next_prune_size(size_after_prune: int) -> int:
     return max(MIN_PRUNE_SIZE, 2 * size_after_prune)
 
 
+def must_prune(recent: MutableMapping[int, int], prune_at: int, policy: DedupPolicy) -> bool:
+    """Due at the size ``next_prune_size`` gave, and past the cap (a state stored before a
+    lower cap, or by a version that let the keys double past it)."""
+    return len(recent) > prune_at or len(recent) > policy.max_ids
+
+
 def forget_old(recent: MutableMapping[int, int], newest_ms: int, policy: DedupPolicy) -> None:
-    """Drops keys of events older than the horizon, then the oldest beyond the cap."""
+    """Drops keys of events older than the horizon; then, over the cap, the oldest down to
+    seven eighths of it."""
     cutoff = newest_ms - policy.horizon_ms
     for key in [key for key, at in recent.items() if at < cutoff]:
         del recent[key]
-    excess = len(recent) - policy.max_ids
-    if excess > 0:
+    if len(recent) > policy.max_ids:
+        excess = len(recent) - (policy.max_ids - policy.max_ids // 8)
         for key, _ in sorted(recent.items(), key=lambda item: item[1])[:excess]:
             del recent[key]

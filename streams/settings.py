@@ -78,7 +78,7 @@ class Settings(BaseSettings):
 
     # De-duplication by (source, event id)
     dedup_horizon_hours: float = Field(48.0, ge=24, description="event-time span within which a repeated event id is recognised")
-    dedup_max_ids_per_account: int = Field(200_000, ge=1000, description="hard cap on remembered event ids per account")
+    dedup_max_ids_per_account: int = Field(200_000, ge=1000, description="cap on remembered event ids per account (past it, the oldest eighth is forgotten)")
 
     # Scoring
     score_half_life_days: float = Field(30.0, gt=0, description="half-life of an event's score contribution")

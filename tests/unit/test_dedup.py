@@ -108,3 +108,17 @@ def test_a_raw_message_forwarded_again_is_recognised_by_its_origin_whatever_its_
     assert (folded.applied, folded.replayed, state.events_total) == ([], 1, 2)
     later = ev("later", T0 + 1)  # a later raw offset of the same partition still counts
     assert len(fold([later], state, first_offset=60).applied) == 1
+
+
+def test_an_account_never_remembers_more_ids_than_the_cap():
+    """Even a state stored by a version that let the ids double past the cap is pruned
+    at its next event; at the cap the oldest eighth goes, the newest stay recognised."""
+    policy = DedupPolicy(horizon_ms=365 * 24 * HOUR_MS, max_ids=4_000)
+    state = AccountState("a1", prune_ids_at=8_000)
+    for start in range(0, 12_000, 500):
+        fold([ev(f"e{i}", T0 + i) for i in range(start, start + 500)], state, policy, first_offset=start)
+        assert len(state.recent_ids) <= 4_000
+    assert len(state.recent_ids) > 3_500  # pruned down to seven eighths, then refilled
+    assert fold([ev("e11999", T0 + 11_999), ev("e8500", T0 + 8_500)], state, policy, first_offset=20_000).duplicates == 2
+    forgotten = fold([ev("e7000", T0 + 7_000)], state, policy, first_offset=30_000)
+    assert (len(forgotten.applied), state.events_total) == (1, 12_001)
