@@ -15,11 +15,16 @@ from processors.scoring import AccountState, Timing
 StateChange = tuple[int, bytes, bytes]  # partition, key, the state's bytes
 
 
+class StateTooLarge(RuntimeError):
+    """An account's state is larger than one changelog record takes, even compressed."""
+
+
 class AccountStates:
-    def __init__(self, table: Any, partitions: int, max_cached: int) -> None:
+    def __init__(self, table: Any, partitions: int, max_cached: int, max_bytes: int) -> None:
         self._table = table
         self._partitions = partitions
         self._max_cached = max_cached
+        self._max_bytes = max_bytes
         self._cache: dict[str, AccountState] = {}
         self._changed: set[str] = set()  # since their rows were last taken
         self._unwritten: set[str] = set()  # rows taken since, bytes not yet
@@ -91,6 +96,9 @@ class AccountStates:
     def write(self, changes: list[StateChange]) -> list[Awaitable[Any]]:
         """To the table's store and changelog topic; returns each changelog record's
         acknowledgement by the broker (Faust's producer buffer sends them on its own)."""
+        for _, key, value in changes:
+            if len(value) > self._max_bytes:
+                raise StateTooLarge(_too_large(key, value, self._max_bytes))
         sent = []
         for partition, key, value in changes:
             _put_in_store(self._table, partition, key, value)
@@ -110,6 +118,16 @@ class AccountStates:
             written = (a for a in self._cache if a not in self._changed and a not in self._unwritten)
             for account_id in list(islice(written, excess)):
                 del self._cache[account_id]
+
+
+def _too_large(key: bytes, value: bytes, max_bytes: int) -> str:
+    # Kafka would only say MessageSizeTooLarge: say whose state, and what fills it.
+    state = AccountState.from_bytes(value)
+    return (
+        f"the state of account {key.decode()!r} is {len(value):,} bytes, over the {max_bytes:,} a changelog record "
+        f"takes: {len(state.recent_ids):,} event ids, {len(state.contacts):,} contacts, "
+        f"{len(state.capped):,} capped-day entries, {len(state.held):,} held events"
+    )
 
 
 def _stored_in(table: Any, partition: int, partitions: int) -> Iterator[tuple[bytes, bytes]]:

@@ -20,6 +20,8 @@ OUTPUT_TOPICS = (TOPIC_BY_ACCOUNT, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, TOPIC_S
 # default is 1 MiB; the worker's producer sends requests of up to this size.
 OUTPUT_MESSAGE_MAX_BYTES = 8 * 1024 * 1024
 OUTPUT_TOPIC_CONFIGS = {MAX_MESSAGE_BYTES: str(OUTPUT_MESSAGE_MAX_BYTES)}  # of the topics it writes, the changelog too
+# the largest account state (its bytes) a changelog record takes, with room for its key and framing
+STATE_MAX_BYTES = OUTPUT_MESSAGE_MAX_BYTES - 64 * 1024
 DEAD_LETTER_PART_BYTES = 2 * MAX_EVENT_BYTES  # of a dead letter's key, and of its value
 STATE_TABLE = "account-state"
 

@@ -11,19 +11,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import shutil
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from processors.scoring import AccountState, zstd
 from schemas.events import EVENT_TYPES, MAX_EVENT_BYTES, TOPIC_BY_ACCOUNT, TOPIC_DEAD_LETTERS, TOPIC_STAGE_TRANSITIONS, TOPIC_UNRESOLVED
 from streams.kafka_admin import TOPIC_OVERRIDE, ensure_topics
 from streams.simulator import encode, iter_events, produce_events
-from streams.topics import DEAD_LETTER_PART_BYTES, OUTPUT_MESSAGE_MAX_BYTES, consumed_topics, prepare_topics, state_changelog_topic
+from streams.topics import DEAD_LETTER_PART_BYTES, OUTPUT_MESSAGE_MAX_BYTES, STATE_MAX_BYTES, consumed_topics, prepare_topics, state_changelog_topic
 from tests.integration.support import (
     assert_store_exact, committed_offsets, consume_all, drain_with_new_worker, isolated_settings, produce, query, start_worker,
 )
@@ -178,3 +182,57 @@ def test_preparing_the_topics_raises_too_small_limits_of_the_topics_the_worker_w
         raw: {"max.message.bytes": small},
         unresolved: {"max.message.bytes": raised},  # created now
     }
+
+
+async def newest_value(bootstrap: str, topic: str, key: bytes) -> bytes:
+    """The value of the newest record of ``key`` in the topic, read to its end."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", max_partition_fetch_bytes=16 * 1024 * 1024)
+    await consumer.start()
+    try:
+        while not consumer.assignment():  # no group: every partition, once the metadata is in
+            await asyncio.sleep(0.05)
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        newest = None
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                newest = next((r.value for r in reversed(records) if r.key == key), newest)
+    finally:
+        await consumer.stop()
+    assert newest is not None, f"no record of {key!r} in {topic}"
+    return newest
+
+
+def test_a_busy_accounts_state_larger_than_a_record_is_written_compressed_and_restored_from_the_changelog(local_kafka, tmp_path):
+    """One account, 60,000 page views within ten minutes of event time, five minutes of
+    allowed lateness: when the backlog is drained, the newest half waits in its state for
+    the watermark. With the 60,000 event ids that is ~10 MiB of JSON, more than the 8 MiB
+    a changelog record takes (it stopped the worker for good). A worker without its table
+    store then restores the state from the changelog alone, and a later event moves the
+    watermark past every held event: each counts once."""
+    settings = isolated_settings(local_kafka.bootstrap, tmp_path / "abm")
+    topic = settings.topic(EVENT_TYPES["page_view"].topic)
+    start = int(time.time() * 1000) - 3_600_000
+
+    def page_view(n: int, at: int) -> tuple[str, None, bytes]:
+        event = {
+            "event_id": f"busy-{n}", "type": "page_view", "occurred_at": at, "source": "web", "account_id": "acct-busy",
+            "contact_id": f"ct-{n % 500}", "url": f"https://www.example.com/docs/{n % 300}", "properties": {"path": f"/docs/{n % 300}"},
+        }
+        return topic, None, orjson.dumps(event)
+
+    worker = start_worker(settings, "first", extra_env={"ABM_WATERMARK_LATENESS_MINUTES": "5"})
+    try:
+        asyncio.run(produce(local_kafka.bootstrap, [page_view(n, start + n * 10) for n in range(60_000)]))
+        worker.wait_drained(timeout_s=180)
+    finally:
+        assert worker.stop() == 0, worker.log_tail()  # it never stopped on its own
+    stored = asyncio.run(newest_value(local_kafka.bootstrap, state_changelog_topic(settings), b"acct-busy"))
+    state = AccountState.from_bytes(stored)
+    assert (len(state.recent_ids), len(state.held)) == (60_000, 30_000)  # those after the newest event - 5 min
+    assert len(stored) < STATE_MAX_BYTES // 2 < STATE_MAX_BYTES < len(zstd.decompress(stored))
+
+    shutil.rmtree(settings.faust_dir)
+    asyncio.run(produce(local_kafka.bootstrap, [page_view(60_000, start + 1_200_000)]))
+    drain_with_new_worker(settings, "second")
+    assert query(settings, "SELECT events_total AS n, page_views AS v FROM account_scores FINAL") == [{"n": 60_001, "v": 60_001}]
+    assert query(settings, "SELECT count() AS n, uniqExact(event_id) AS u FROM events") == [{"n": 60_001, "u": 60_001}]

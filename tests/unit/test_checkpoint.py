@@ -18,7 +18,8 @@ from processors.scoring import AccountState
 from streams.checkpoint import Checkpoint, CheckpointFailed
 from streams.offsets import OffsetGuard
 from streams.sink import ClickHouseSink
-from streams.state import AccountStates
+from streams.state import AccountStates, StateTooLarge
+from streams.topics import STATE_MAX_BYTES
 
 TP = ("events.by-account", 0)
 RAW = ("email.opens", 3)
@@ -80,7 +81,7 @@ def store(tmp_path) -> Iterator[Client]:
 
 
 def protocol(
-    store: Client, state_interval_s: float = 0.0, max_cached: int = 10
+    store: Client, state_interval_s: float = 0.0, max_cached: int = 10, max_state_bytes: int = STATE_MAX_BYTES
 ) -> tuple[Checkpoint, AccountStates, ClickHouseSink, KafkaSide, list[str]]:
     journal: list[str] = []
 
@@ -103,7 +104,7 @@ def protocol(
         return written
 
     sink.write = journaled_write  # type: ignore[method-assign]
-    states = AccountStates(SimpleNamespace(data=kafka.data, send_changelog=kafka.send_changelog), partitions=1, max_cached=max_cached)
+    states = AccountStates(SimpleNamespace(data=kafka.data, send_changelog=kafka.send_changelog), partitions=1, max_cached=max_cached, max_bytes=max_state_bytes)
     checkpoint = Checkpoint(
         app,
         sink,
@@ -384,6 +385,27 @@ def test_a_refused_record_stops_the_worker_and_nothing_is_committed_after_it(sto
             with pytest.raises(CheckpointFailed):
                 await checkpoint.commit()
         assert kafka.commits == []
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_state_too_large_for_its_changelog_stops_the_worker_naming_its_account(store):
+    """Kafka would refuse it as MessageSizeTooLarge; the worker says whose state it is
+    and what fills it, and writes no state of the batch."""
+
+    async def scenario() -> None:
+        checkpoint, states, sink, kafka, journal = protocol(store, max_state_bytes=4_000)
+        kafka.flushes.set()
+        async with checkpoint.lock:
+            consume(checkpoint, states, sink, range(0, 2), account="quiet")
+            consume(checkpoint, states, sink, range(2, 4), account="busy")
+            states.state_for("busy").recent_ids = {key: key for key in range(1_000)}  # 16 bytes each, in base64
+            await checkpoint.commit_if_due()
+            with pytest.raises(StateTooLarge, match="account 'busy' is 21,") as failure:
+                await checkpoint._finish_in_flight()
+        assert "1,000 event ids, 0 contacts, 0 capped-day entries, 0 held events" in str(failure.value)
+        assert journal[-1].startswith("worker stopped: the state of account 'busy'")
+        assert (kafka.changelog, kafka.data, kafka.commits) == ([], {}, [])
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
