@@ -8,10 +8,14 @@ Idempotent per account three times over. Each state remembers:
   (one raw partition's events reach an account in offset order);
 - the (source, event id) of its recent events, so a source's retry counts once.
 
-An admitted event is either applied at once, or (``hold``) kept in its account's state
-until the partition's watermark passes it (processors.watermarks) and then applied in
-event-time order: as long as events come within the allowed lateness, an account's
-stages then depend only on its events, not on the order they arrived in.
+An admitted event is either applied at once, or (``max_held``) kept in its account's
+state until the partition's watermark passes it (processors.watermarks) and then applied
+in event-time order: as long as events come within the allowed lateness, an account's
+stages then depend only on its events, not on the order they arrived in. An account holds
+at most ``max_held`` events: a burst beyond it (a bot's page views within the allowed
+lateness) would fill the worker's memory and outgrow the state's changelog record, so the
+earliest are then applied at once, as if the watermark had passed them; events that
+arrive later and are earlier than those count as late ones.
 """
 
 from __future__ import annotations
@@ -42,10 +46,11 @@ def fold_events(
     config: ScoringConfig,
     rules: StageRules,
     dedup: DedupPolicy,
-    hold: bool = False,
+    max_held: int = 0,
 ) -> Folded:
     """Admit events in order: the events admitted, the stage transitions (of the events
-    applied at once), what was skipped."""
+    applied at once), what was skipped. ``max_held`` > 0: events are held, at most that
+    many per account."""
     folded = Folded()
     for position, event in positioned_events:
         state = state_for(event["account_id"])
@@ -63,8 +68,10 @@ def fold_events(
             forget_old(state.recent_ids, state.latest_seen_ms, dedup)
             state.prune_ids_at = next_prune_size(len(state.recent_ids))
         folded.applied.append(event)
-        if hold:
+        if max_held:
             insort(state.held, _without_positions(event), key=_event_order)
+            if len(state.held) > max_held:
+                folded.transitions += settle(state, state.held[-max_held - 1]["occurred_at_ms"], config, rules)
         else:
             apply_in_time(state, event, config, rules, folded.transitions)
     return folded

@@ -190,8 +190,10 @@ def fold_messages(
     config: ScoringConfig,
     rules: StageRules,
     dedup: DedupPolicy,
+    max_held: int,
 ) -> Folded:
-    """Folds forwarded messages in order, their events held, advances each message's
+    """Folds forwarded messages in order, their events held (at most ``max_held`` per
+    account, processors.accounts), advances each message's
     partition's watermark by its events and settles the partition after it. A
     partition's transitions then depend only on its sequence of messages, never on how
     they were fetched in batches: a replay after a crash, from the committed offset and
@@ -199,7 +201,8 @@ def fold_messages(
     lateness included, also for accounts whose stored states are ahead of that offset."""
     folded = Folded()
     for partition, positioned in messages:
-        part = fold_events(positioned, state_for, config, rules, dedup, hold=True)
+        part = fold_events(positioned, state_for, config, rules, dedup, max_held)
+        folded.transitions += part.transitions  # of events applied before the watermark: over max_held
         folded.applied += part.applied
         folded.duplicates += part.duplicates
         folded.replayed += part.replayed

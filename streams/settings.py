@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     watermark_lateness_minutes: float = Field(
         5.0, ge=0, description="allowed lateness: events wait this long in event time before they move stages, so that their order does not matter"
     )
+    max_held_events_per_account: int = Field(
+        20_000, ge=100, description="events an account holds for the watermark; beyond it the earliest are applied at once"
+    )
 
     @property
     def chdb_path(self) -> Path:

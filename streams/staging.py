@@ -62,6 +62,7 @@ class StageClock:
         self._config = config
         self._rules = rules
         self._dedup = dedup
+        self._max_held = settings.max_held_events_per_account
         self._source_topic = settings.topic(TOPIC_BY_ACCOUNT)
         self._transitions_topic = settings.topic(TOPIC_STAGE_TRANSITIONS)
         self.schedule = FallbackSchedule(
@@ -107,7 +108,7 @@ class StageClock:
         if self._stale:
             self._rescan()
         states = self._states
-        return fold_messages(messages, states.state_for, states.timings_in, self.schedule, self._config, self._rules, self._dedup)
+        return fold_messages(messages, states.state_for, states.timings_in, self.schedule, self._config, self._rules, self._dedup, self._max_held)
 
     async def emit(self, transitions: list[StageTransition]) -> None:
         """To ClickHouse (buffered) and Kafka; the caller holds the checkpoint lock."""

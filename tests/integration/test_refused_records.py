@@ -205,8 +205,9 @@ async def newest_value(bootstrap: str, topic: str, key: bytes) -> bytes:
 def test_a_busy_accounts_state_larger_than_a_record_is_written_compressed_and_restored_from_the_changelog(local_kafka, tmp_path):
     """One account, 60,000 page views within ten minutes of event time, five minutes of
     allowed lateness: when the backlog is drained, the newest half waits in its state for
-    the watermark. With the 60,000 event ids that is ~10 MiB of JSON, more than the 8 MiB
-    a changelog record takes (it stopped the worker for good). A worker without its table
+    the watermark (the cap on held events raised for it). With the 60,000 event ids that
+    is ~10 MiB of JSON, more than the 8 MiB a changelog record takes (it stopped the
+    worker for good). A worker without its table
     store then restores the state from the changelog alone, and a later event moves the
     watermark past every held event: each counts once."""
     settings = isolated_settings(local_kafka.bootstrap, tmp_path / "abm")
@@ -220,7 +221,7 @@ def test_a_busy_accounts_state_larger_than_a_record_is_written_compressed_and_re
         }
         return topic, None, orjson.dumps(event)
 
-    worker = start_worker(settings, "first", extra_env={"ABM_WATERMARK_LATENESS_MINUTES": "5"})
+    worker = start_worker(settings, "first", extra_env={"ABM_WATERMARK_LATENESS_MINUTES": "5", "ABM_MAX_HELD_EVENTS_PER_ACCOUNT": "40000"})
     try:
         asyncio.run(produce(local_kafka.bootstrap, [page_view(n, start + n * 10) for n in range(60_000)]))
         worker.wait_drained(timeout_s=180)

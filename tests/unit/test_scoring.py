@@ -20,10 +20,12 @@ from processors.watermarks import FallbackSchedule, fold_messages
 from schemas.events import EVENT_TYPES
 from streams.rows import account_rows
 from streams.rules import DEFAULT_RULES, load_rules
+from streams.settings import Settings
 from streams.topics import STATE_MAX_BYTES
 
 CONFIG, RULES = load_rules(None, 30 * DAY_MS, 2 * DAY_MS)
 DEDUP = DedupPolicy()
+MAX_HELD = Settings.model_fields["max_held_events_per_account"].default
 T0 = 1_763_942_400_000  # 2025-11-24T00:00Z, the start of a UTC day
 HOUR_MS = 3_600_000
 RAW_OFFSETS = itertools.count()  # every event its own raw message
@@ -520,7 +522,7 @@ def test_held_events_give_the_same_stages_in_any_arrival_order_and_batching(item
     transitions = []
     for start, stop in zip([0, *cuts], [*cuts, len(arrived)]):
         batch = arrived[start:stop]
-        fold_events([((next(RAW_OFFSETS), 0), e) for e in batch], lambda _: held, CONFIG, RULES, DEDUP, hold=True)
+        fold_events([((next(RAW_OFFSETS), 0), e) for e in batch], lambda _: held, CONFIG, RULES, DEDUP, MAX_HELD)
         # the watermark only ever passes events that every later batch is no earlier than
         later = [e["occurred_at_ms"] for e in arrived[stop:]]
         assert AccountState.timing_of(held.to_bytes()) == held.timing()  # events held: what a scan reads
@@ -548,8 +550,9 @@ def _in_batches(messages, rnd):
 class _Worker:
     """The score agent's folding, one fetched batch at a time, with its states and schedule."""
 
-    def __init__(self, partitions, states=None, latest=None):
+    def __init__(self, partitions, max_held, states=None, latest=None):
         self.partitions = partitions
+        self.max_held = max_held
         self.states = states or {}
         self.schedule = FallbackSchedule(partitions, lateness_ms=0, capacity=2)
         self.schedule.reset(range(partitions), latest if latest is not None else {p: -1 for p in range(partitions)})
@@ -562,7 +565,7 @@ class _Worker:
         return [s.timing() for a, s in self.states.items() if account_partition(a, self.partitions) == partition]
 
     def consume(self, batch):
-        self.transitions += fold_messages(batch, self.state_for, self.timings_in, self.schedule, CONFIG, RULES, DEDUP).transitions
+        self.transitions += fold_messages(batch, self.state_for, self.timings_in, self.schedule, CONFIG, RULES, DEDUP, self.max_held).transitions
 
     def saved_states(self):
         return {a: AccountState.from_bytes(s.to_bytes()) for a, s in self.states.items()}
@@ -571,15 +574,17 @@ class _Worker:
         return {p: self.schedule.latest(p) for p in range(self.partitions)}
 
 
+@pytest.mark.parametrize("max_held", [MAX_HELD, 1])
 @settings(max_examples=200)
 @given(st.lists(st.tuples(st.integers(0, 3), journey_events.map(lambda items: items[:6])), min_size=1, max_size=8), st.randoms())
-def test_a_replay_after_a_crash_derives_the_transitions_of_the_first_run(accounts_events, rnd):
+def test_a_replay_after_a_crash_derives_the_transitions_of_the_first_run(max_held, accounts_events, rnd):
     """With no allowed lateness (events arrive out of order, many late), the transitions
     depend only on each partition's messages: not on the fetch order across partitions,
     the fetched batches, or a crash that replays messages from the last committed offsets
     and watermarks, whose transitions were stored already (stage_transitions keeps one
     row per key). The crash may come while the next states are written: some accounts'
-    stored states are then ahead of the committed offsets."""
+    stored states are then ahead of the committed offsets. So also when an account holds
+    more events than it may (max_held 1: the earliest of two are applied at once)."""
     partitions = 2
     events = [
         dict(journey_event(item), account_id=f"a{account}", _origin=(f"raw-{account}-{i}", 0, 0))
@@ -598,11 +603,11 @@ def test_a_replay_after_a_crash_derives_the_transitions_of_the_first_run(account
     def copies(ms):
         return [(p, [(position, dict(e)) for position, e in positioned]) for p, positioned in ms]
 
-    first = _Worker(partitions)
+    first = _Worker(partitions, max_held)
     for batch in _in_batches(list(m for _, m in _interleaved({p: copies(ms) for p, ms in messages.items()}, rnd)), rnd):
         first.consume(batch)
 
-    crashed = _Worker(partitions)
+    crashed = _Worker(partitions, max_held)
     fetched = [m for _, m in _interleaved({p: copies(ms) for p, ms in messages.items()}, rnd)]
     saved_at = rnd.randint(0, len(fetched))
     crashed_at = rnd.randint(saved_at, len(fetched))
@@ -610,7 +615,7 @@ def test_a_replay_after_a_crash_derives_the_transitions_of_the_first_run(account
     saved, latest = crashed.saved_states(), crashed.committed_latest()
     crashed.consume(fetched[saved_at:crashed_at])  # their transitions stored, their states lost...
     ahead = {a: s for a, s in crashed.saved_states().items() if rnd.random() < 0.5}  # ...or some written
-    restarted = _Worker(partitions, saved | ahead, latest)
+    restarted = _Worker(partitions, max_held, saved | ahead, latest)
     committed = Counter(p for p, _ in fetched[:saved_at])
     rest = {p: copies(ms[committed[p]:]) for p, ms in messages.items()}
     for batch in _in_batches([m for _, m in _interleaved(rest, rnd)], rnd):
@@ -629,19 +634,36 @@ def test_a_replay_after_a_crash_derives_the_transitions_of_the_first_run(account
 def test_held_events_wait_for_the_watermark_of_their_partition():
     state = AccountState("a1")
     schedule = FallbackSchedule(partitions=1, lateness_ms=HOUR_MS, capacity=10)
-    fold_events([((0, 0), ev("page_view", T0 + HOUR_MS))], lambda _: state, CONFIG, RULES, DEDUP, hold=True)
+    fold_events([((0, 0), ev("page_view", T0 + HOUR_MS))], lambda _: state, CONFIG, RULES, DEDUP, MAX_HELD)
     schedule.note(state)
     schedule.advance(0, T0 + HOUR_MS)
     assert schedule.settle_due(lambda _: state, no_scan, RULES, CONFIG) == [] and state.events_total == 0  # watermark: T0
-    fold_events([((1, 0), ev("page_view", T0 + 2 * HOUR_MS, contact="c2"))], lambda _: state, CONFIG, RULES, DEDUP, hold=True)
+    fold_events([((1, 0), ev("page_view", T0 + 2 * HOUR_MS, contact="c2"))], lambda _: state, CONFIG, RULES, DEDUP, MAX_HELD)
     schedule.note(state)
     schedule.advance(0, T0 + 2 * HOUR_MS)
     [aware] = schedule.settle_due(lambda _: state, no_scan, RULES, CONFIG)  # watermark: T0 + 1 h
     assert (aware.to_stage, aware.at_ms, state.events_total, len(state.held)) == ("awareness", T0 + HOUR_MS, 1, 1)
 
 
+def test_an_account_holds_at_most_max_held_events_and_applies_the_earliest_beyond_it():
+    """A burst within the allowed lateness: past the cap the earliest held events are
+    applied at once, in time order, with their transitions; the later ones wait."""
+    state = AccountState("a1")
+    schedule = FallbackSchedule(partitions=1, lateness_ms=HOUR_MS, capacity=10)
+    # each from its own raw partition: any arrival order is possible
+    burst = [ev("page_view", T0 + minute * 60_000, contact=f"c{minute}", _origin=(f"raw-{minute}", 0, 0)) for minute in range(10)]
+    message = (0, [((0, i), e) for i, e in enumerate(reversed(burst))])
+    folded = fold_messages([message], lambda _: state, no_scan, schedule, CONFIG, RULES, DEDUP, 4)
+    assert [e["occurred_at_ms"] for e in state.held] == [T0 + minute * 60_000 for minute in range(6, 10)]
+    assert (state.events_total, state.last_event_ms, len(folded.applied)) == (6, T0 + 5 * 60_000, 10)
+    # at the first event applied, minute 5: past the cap the arrival order shows (held, it is T0)
+    assert [(t.to_stage, t.at_ms) for t in folded.transitions] == [("awareness", T0 + 5 * 60_000)]
+    late = fold_events([((1, 0), ev("page_view", T0 + 30_000, contact="c99", _origin=("raw-late", 0, 0)))], lambda _: state, CONFIG, RULES, DEDUP, 4)
+    assert (state.events_total, [e["occurred_at_ms"] for e in state.held][:1], late.transitions) == (7, [T0 + 6 * 60_000], [])
+
+
 def test_an_account_whose_events_are_all_held_has_no_row_yet():
     held, applied = AccountState("held"), AccountState("applied")
-    fold_events([((0, 0), dict(ev("page_view", T0), account_id="held"))], lambda _: held, CONFIG, RULES, DEDUP, hold=True)
+    fold_events([((0, 0), dict(ev("page_view", T0), account_id="held"))], lambda _: held, CONFIG, RULES, DEDUP, MAX_HELD)
     fold([dict(ev("page_view", T0), account_id="applied")], applied)
     assert [row[0] for row in account_rows([held, applied], T0, CONFIG)] == ["applied"]
