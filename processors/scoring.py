@@ -75,13 +75,18 @@ class AccountState:
     fallback_at_ms: int = 0  # when the stage falls back without new events; 0 = never
     stage_reason: str = ""
     latest_seen_ms: int = 0  # latest event time admitted, held events included
-    held: list[dict[str, Any]] = field(default_factory=list)  # admitted events waiting for the watermark, in time order
+    held: list[HeldEvent] = field(default_factory=list)  # admitted events waiting for the watermark, in time order
 
     def to_bytes(self) -> bytes:
+        """The state's bytes. Its held events are kept as their JSON from then on: one is
+        held for the allowed lateness (minutes, across many writes), and as a dict it took
+        ~4 times the memory, and was encoded again at every write."""
+        self.held = [held if isinstance(held[3], bytes) else (*held[:3], _kept_json(held[3])) for held in self.held]
         fields = {name: getattr(self, name) for name in _STATE_FIELDS}
         # int-keyed maps as arrays and pairs: fewer bytes than JSON objects with numeric keys
         fields["recent_ids"] = _pack_ids(self.recent_ids)
         fields["daily"] = list(self.daily.items())
+        fields["held"] = [(*held[:3], orjson.Fragment(held[3])) for held in self.held]
         encoded = orjson.dumps(fields)
         return encoded if len(encoded) < COMPRESSED_FROM_BYTES else zstd.compress(encoded, COMPRESSION_LEVEL)
 
@@ -93,6 +98,7 @@ class AccountState:
         fields["recent_ids"] = _unpack_ids(recent_ids) if isinstance(recent_ids, str) else {int(key): at for key, at in recent_ids.items()}
         daily = fields.get("daily", {})
         fields["daily"] = dict(daily) if isinstance(daily, list) else {int(day): counts for day, counts in daily.items()}
+        fields["held"] = [_held_from_json(held) for held in fields.get("held", [])]
         # states written before these fields existed
         fields.setdefault("last_engaged_ms", fields["last_event_ms"])
         fields.setdefault("as_of_ms", fields["last_event_ms"])
@@ -102,7 +108,7 @@ class AccountState:
     @property
     def first_held_ms(self) -> int:
         """The event time of its earliest held event; 0: none held."""
-        return self.held[0]["occurred_at_ms"] if self.held else 0
+        return self.held[0][0] if self.held else 0
 
     def timing(self) -> Timing:
         """What the fall-back schedule reads of the state (processors.watermarks)."""
@@ -115,11 +121,26 @@ class AccountState:
         fields = orjson.loads(_json_of(raw))
         held = fields.get("held")
         latest_seen_ms = fields.get("latest_seen_ms", fields["last_event_ms"])
-        return fields["account_id"], fields.get("fallback_at_ms", 0), held[0]["occurred_at_ms"] if held else 0, latest_seen_ms
+        return fields["account_id"], fields.get("fallback_at_ms", 0), _held_from_json(held[0])[0] if held else 0, latest_seen_ms
 
 
 # (account, fall-back time (0: none), earliest held event time (0: none), latest event time seen)
 Timing = tuple[str, int, int, int]
+# (event time, source, event id, the event): the event a dict until the state is written, then its JSON
+HeldEvent = tuple[int, str, str, dict[str, Any] | bytes]
+
+
+def _held_from_json(held: list[Any] | dict[str, Any]) -> HeldEvent:
+    if isinstance(held, dict):  # as states written before session 11 held them
+        return held["occurred_at_ms"], held["source"], held["event_id"], _kept_json(held)
+    at, source, event_id, event = held
+    return at, source, event_id, _kept_json(event)
+
+
+def _kept_json(event: dict[str, Any]) -> bytes:
+    # orjson's bytes keep the 4 KiB buffer they were written in (tracemalloc: 4,097 bytes
+    # for a 365-byte event): a copy of their exact size, to be kept for minutes, is ~400
+    return memoryview(orjson.dumps(event)).tobytes()
 
 
 _STATE_FIELDS: Final = tuple(f.name for f in dataclass_fields(AccountState))
