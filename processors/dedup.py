@@ -23,7 +23,7 @@ MIN_PRUNE_SIZE: Final = 1024
 @dataclass(frozen=True, slots=True)
 class DedupPolicy:
     horizon_ms: int = 48 * 3_600_000
-    max_ids: int = 200_000  # per account: a hard cap whatever the traffic (~2 MiB of a state's bytes)
+    max_ids: int = 200_000  # per account, whatever the traffic: 4.2 MiB of a state's JSON, ~2 MiB compressed
 
 
 def event_key(event: dict[str, Any]) -> int:

@@ -80,7 +80,7 @@ class AccountState:
     def to_bytes(self) -> bytes:
         """The state's bytes. Its held events are kept as their JSON from then on: one is
         held for the allowed lateness (minutes, across many writes), and as a dict it took
-        ~4 times the memory, and was encoded again at every write."""
+        ~3 times the memory, and was encoded again at every write."""
         self.held = [held if isinstance(held[3], bytes) else (*held[:3], _kept_json(held[3])) for held in self.held]
         fields = {name: getattr(self, name) for name in _STATE_FIELDS}
         # int-keyed maps as arrays and pairs: fewer bytes than JSON objects with numeric keys
@@ -121,7 +121,8 @@ class AccountState:
         fields = orjson.loads(_json_of(raw))
         held = fields.get("held")
         latest_seen_ms = fields.get("latest_seen_ms", fields["last_event_ms"])
-        return fields["account_id"], fields.get("fallback_at_ms", 0), _held_from_json(held[0])[0] if held else 0, latest_seen_ms
+        first_held_ms = (held[0]["occurred_at_ms"] if isinstance(held[0], dict) else held[0][0]) if held else 0
+        return fields["account_id"], fields.get("fallback_at_ms", 0), first_held_ms, latest_seen_ms
 
 
 # (account, fall-back time (0: none), earliest held event time (0: none), latest event time seen)
@@ -147,7 +148,7 @@ _STATE_FIELDS: Final = tuple(f.name for f in dataclass_fields(AccountState))
 
 # A busy account's state (200k event ids, thousands of contacts, a burst of held events)
 # reaches 12-16 MiB of JSON, more than one changelog record takes (streams.topics: 8 MiB);
-# zstd at level 1 makes it a third of that in ~30 ms. States below this size (nearly all:
+# zstd at level 1 makes it a half to a sixth of that in ~30 ms. States below this size (nearly all:
 # ~2 KiB) stay plain JSON, which costs nothing to write and is quick to scan at a restart.
 COMPRESSED_FROM_BYTES: Final = 64 * 1024
 COMPRESSION_LEVEL: Final = 1
