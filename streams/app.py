@@ -368,6 +368,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
         recovery = app.tables.recovery
         return {
             "account_states_in_memory": states.cached,
+            "held_events_in_memory": states.held_in_memory,
             "directory_domains": directory.domains,
             "directory_contacts": directory.contacts,
             "waiting_keys": len(waiting),

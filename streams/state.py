@@ -33,6 +33,12 @@ class AccountStates:
     def cached(self) -> int:
         return len(self._cache)
 
+    @property
+    def held_in_memory(self) -> int:
+        """Events the states in memory hold for the watermark (their memory grows with
+        rate x allowed lateness; states out of memory are not counted)."""
+        return sum(len(state.held) for state in self._cache.values())
+
     def state_for(self, account_id: str) -> AccountState:
         """The account's state, marked as changed (it is about to be)."""
         state = self._cache.get(account_id)

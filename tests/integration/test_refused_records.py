@@ -225,6 +225,7 @@ def test_a_busy_accounts_state_larger_than_a_record_is_written_compressed_and_re
     try:
         asyncio.run(produce(local_kafka.bootstrap, [page_view(n, start + n * 10) for n in range(60_000)]))
         worker.wait_drained(timeout_s=180)
+        assert 'abm_state{what="held_events_in_memory"} 30000.0' in worker.metrics()
     finally:
         assert worker.stop() == 0, worker.log_tail()  # it never stopped on its own
     stored = asyncio.run(newest_value(local_kafka.bootstrap, state_changelog_topic(settings), b"acct-busy"))
