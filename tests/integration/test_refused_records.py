@@ -214,10 +214,13 @@ def test_a_busy_accounts_state_larger_than_a_record_is_written_compressed_and_re
     topic = settings.topic(EVENT_TYPES["page_view"].topic)
     start = int(time.time() * 1000) - 3_600_000
 
+    def path(n: int) -> str:  # long enough for the held events alone to be ~7 MiB
+        return f"/docs/{n % 300}/account-based-marketing/getting-started"
+
     def page_view(n: int, at: int) -> tuple[str, None, bytes]:
         event = {
             "event_id": f"busy-{n}", "type": "page_view", "occurred_at": at, "source": "web", "account_id": "acct-busy",
-            "contact_id": f"ct-{n % 500}", "url": f"https://www.example.com/docs/{n % 300}", "properties": {"path": f"/docs/{n % 300}"},
+            "contact_id": f"ct-{n % 500}", "url": f"https://www.example.com{path(n)}", "properties": {"path": path(n)},
         }
         return topic, None, orjson.dumps(event)
 
