@@ -111,17 +111,13 @@ def settle(state: AccountState, upto_ms: int, config: ScoringConfig, rules: Stag
     return transitions
 
 
-_POSITIONS = ("_src", "_origin")  # where the event came from: not needed once admitted
-
-
 _HELD_ORDER = itemgetter(0, 1, 2)  # event time, source, event id: the order held events are applied in
 
 
 def _held(event: dict[str, Any]) -> HeldEvent:
-    held = event.copy()  # without its positions; a fifth of the cost of a filtering comprehension
-    for key in _POSITIONS:
-        held.pop(key, None)
-    return event["occurred_at_ms"], event["source"], event["event_id"], held
+    # The event itself, not a copy without its positions: nothing changes it once folded,
+    # and writing its state keeps only the fields applying it reads (AccountState.to_bytes).
+    return event["occurred_at_ms"], event["source"], event["event_id"], event
 
 
 def _origin_absorbed(state: AccountState, origin: list[Any] | tuple[str, int, int]) -> bool:

@@ -133,7 +133,7 @@ HeldEvent = tuple[int, str, str, dict[str, Any] | bytes]
 
 def _held_from_json(held: list[Any] | dict[str, Any]) -> HeldEvent:
     if isinstance(held, dict):  # as states written before session 11 held them
-        return held["occurred_at_ms"], held["source"], held["event_id"], _kept_json(held)
+        return held["occurred_at_ms"], held["source"], held["event_id"], _kept_json(_applied_part(held))
     at, source, event_id, event = held
     return at, source, event_id, _kept_json(event)
 
