@@ -8,12 +8,13 @@ Idempotent per account three times over. Each state remembers:
   (one raw partition's events reach an account in offset order);
 - the (source, event id) of its recent events, so a source's retry counts once.
 
-An admitted event is either applied at once, or (``max_held``) kept in its account's
-state until the partition's watermark passes it (processors.watermarks) and then applied
+An admitted event is either applied at once, or (``max_held``) held by its account (in
+memory, then in a segment once the state is written: processors.scoring) until the
+partition's watermark passes it (processors.watermarks) and then applied
 in event-time order: as long as events come within the allowed lateness, an account's
 stages then depend only on its events, not on the order they arrived in. An account holds
 at most ``max_held`` events: a burst beyond it (a bot's page views within the allowed
-lateness) would fill the worker's memory and outgrow the state's changelog record, so the
+lateness) would fill the worker's memory when the watermark reads it back, so the
 earliest are then applied at once, as if the watermark had passed them; events that
 arrive later and are earlier than those count as late ones.
 """
@@ -23,13 +24,10 @@ from __future__ import annotations
 from bisect import insort
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any
 
-import orjson
-
 from processors.dedup import DedupPolicy, event_key, forget_old, must_prune, next_prune_size, seen_before
-from processors.scoring import AccountState, HeldEvent, ScoringConfig, apply_event
+from processors.scoring import HELD_ORDER, AccountState, ScoringConfig, StoredHeld, apply_event, as_held, no_stored_held
 from processors.stages import StageRules, StageTransition, fall_back_until, may_move_up, note_signals, restage
 
 Position = tuple[int, int]  # (offset of the Kafka message, index of the event in it)
@@ -50,10 +48,11 @@ def fold_events(
     rules: StageRules,
     dedup: DedupPolicy,
     max_held: int = 0,
+    stored_held: StoredHeld = no_stored_held,
 ) -> Folded:
     """Admit events in order: the events admitted, the stage transitions (of the events
     applied at once), what was skipped. ``max_held`` > 0: events are held, at most that
-    many per account."""
+    many per account (``stored_held`` reads back those of their states' segments)."""
     folded = Folded()
     for position, event in positioned_events:
         state = state_for(event["account_id"])
@@ -72,9 +71,10 @@ def fold_events(
             state.prune_ids_at = next_prune_size(len(state.recent_ids))
         folded.applied.append(event)
         if max_held:
-            insort(state.held, _held(event), key=_HELD_ORDER)
-            if len(state.held) > max_held:
-                folded.transitions += settle(state, state.held[-max_held - 1][0], config, rules)
+            insort(state.held, as_held(event), key=HELD_ORDER)
+            if len(state.held) > max_held or (state.held_segments and state.held_count > max_held):
+                state.read_back(list(state.held_segments), stored_held)
+                folded.transitions += settle(state, state.held[-max_held - 1][0], config, rules, stored_held)
         else:
             apply_in_time(state, event, config, rules, folded.transitions)
     return folded
@@ -95,10 +95,14 @@ def apply_in_time(
             transitions.append(transition)
 
 
-def settle(state: AccountState, upto_ms: int, config: ScoringConfig, rules: StageRules) -> list[StageTransition]:
-    """Applies the held events up to ``upto_ms`` in event-time order, then the fall-backs
-    due by then; returns the transitions."""
+def settle(state: AccountState, upto_ms: int, config: ScoringConfig, rules: StageRules, stored_held: StoredHeld = no_stored_held) -> list[StageTransition]:
+    """Applies the held events up to ``upto_ms`` in event-time order (those of segments
+    it reaches read back by ``stored_held``), then the fall-backs due by then; returns
+    the transitions."""
     transitions: list[StageTransition] = []
+    reached = [segment for segment in state.held_segments if segment[0] <= upto_ms]
+    if reached:
+        state.read_back(reached, stored_held)
     held = state.held
     due = 0
     while due < len(held) and held[due][0] <= upto_ms:
@@ -106,18 +110,9 @@ def settle(state: AccountState, upto_ms: int, config: ScoringConfig, rules: Stag
     if due:
         state.held = held[due:]
         for _, _, _, event in held[:due]:
-            apply_in_time(state, event if isinstance(event, dict) else orjson.loads(event), config, rules, transitions)
+            apply_in_time(state, event, config, rules, transitions)
     transitions.extend(fall_back_until(state, upto_ms, rules, config))
     return transitions
-
-
-_HELD_ORDER = itemgetter(0, 1, 2)  # event time, source, event id: the order held events are applied in
-
-
-def _held(event: dict[str, Any]) -> HeldEvent:
-    # The event itself, not a copy without its positions: nothing changes it once folded,
-    # and writing its state keeps only the fields applying it reads (AccountState.to_bytes).
-    return event["occurred_at_ms"], event["source"], event["event_id"], event
 
 
 def _origin_absorbed(state: AccountState, origin: list[Any] | tuple[str, int, int]) -> bool:

@@ -12,8 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import orjson
-
+from processors.chunks import json_arrays
 from processors.identity import AccountDirectory, account_partition, waiting_keys
 from processors.validation import Rejection, validate_event
 
@@ -90,17 +89,5 @@ def forwarded_messages(
     events: Sequence[dict[str, Any]], max_events: int = EVENTS_PER_MESSAGE, max_bytes: int = FORWARDED_MESSAGE_BYTES
 ) -> Iterator[bytes]:
     """The events as JSON arrays of at most ``max_events`` events and ``max_bytes`` bytes
-    (a larger event goes alone), in order. Typical events are encoded once: only a chunk
-    over ``max_bytes`` is split, in halves."""
-    for start in range(0, len(events), max_events):
-        yield from _within(events[start : start + max_events], max_bytes)
-
-
-def _within(events: Sequence[dict[str, Any]], max_bytes: int) -> Iterator[bytes]:
-    encoded = orjson.dumps(events)
-    if len(encoded) <= max_bytes or len(events) == 1:
-        yield encoded
-        return
-    half = len(events) // 2
-    yield from _within(events[:half], max_bytes)
-    yield from _within(events[half:], max_bytes)
+    (a larger event goes alone), in order."""
+    return (encoded for _, encoded in json_arrays(events, max_events, max_bytes))

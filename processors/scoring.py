@@ -23,11 +23,15 @@ import sys
 from array import array
 from bisect import bisect_right
 from base64 import b64decode, b64encode
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
+from operator import itemgetter
 from typing import Any, Final
 
 import orjson
+
+from processors.chunks import json_arrays
 
 if sys.version_info >= (3, 14):
     from compression import zstd
@@ -75,20 +79,49 @@ class AccountState:
     fallback_at_ms: int = 0  # when the stage falls back without new events; 0 = never
     stage_reason: str = ""
     latest_seen_ms: int = 0  # latest event time admitted, held events included
-    held: list[HeldEvent] = field(default_factory=list)  # admitted events waiting for the watermark, in time order
+    # Admitted events waiting for the watermark: in memory (in time order) until the state
+    # is written, then in segments of their own records (held_segment_key), each
+    # [its earliest event time, number, events], read back when the watermark reaches it.
+    held: list[HeldEvent] = field(default_factory=list)
+    held_segments: list[list[int]] = field(default_factory=list)
+    next_segment: int = 0
+    released_segments: list[int] = field(default_factory=list)  # read back; their records to be deleted
 
     def to_bytes(self) -> bytes:
-        """The state's bytes. Its held events are kept as their JSON from then on: one is
-        held for the allowed lateness (minutes, across many writes), and as a dict it took
-        ~3 times the memory, and was encoded again at every write."""
-        self.held = [held if isinstance(held[3], bytes) else (*held[:3], _kept_json(_applied_part(held[3]))) for held in self.held]
+        """The state's bytes (its held events in memory included: ``take_held_segments``
+        moves them out first)."""
         fields = {name: getattr(self, name) for name in _STATE_FIELDS}
         # int-keyed maps as arrays and pairs: fewer bytes than JSON objects with numeric keys
         fields["recent_ids"] = _pack_ids(self.recent_ids)
         fields["daily"] = list(self.daily.items())
-        fields["held"] = [(*held[:3], orjson.Fragment(held[3])) for held in self.held]
-        encoded = orjson.dumps(fields)
-        return encoded if len(encoded) < COMPRESSED_FROM_BYTES else zstd.compress(encoded, COMPRESSION_LEVEL)
+        fields["held"] = [_applied_part(event) for *_, event in self.held]
+        return _stored(orjson.dumps(fields))
+
+    def take_held_segments(self) -> list[tuple[int, bytes]]:
+        """Moves the held events in memory to new segments: each segment's number and
+        bytes, to be stored (under ``held_segment_key``) with the state, and deleted once
+        the state no longer lists it. An event is held for the allowed lateness, minutes
+        across many state writes: in the state, it took memory all that time and was
+        written again at every write."""
+        segments = []
+        for events, encoded in json_arrays([_applied_part(event) for *_, event in self.held], len(self.held) or 1, SEGMENT_MAX_BYTES):
+            self.held_segments.append([events[0]["occurred_at_ms"], self.next_segment, len(events)])
+            segments.append((self.next_segment, _stored(encoded)))
+            self.next_segment += 1
+        self.held = []
+        return segments
+
+    def read_back(self, segments: list[list[int]], stored_held: StoredHeld) -> None:
+        """Returns the events of these segments (of ``held_segments``) to memory."""
+        for segment in segments:
+            self.held_segments.remove(segment)
+            self.released_segments.append(segment[1])
+            self.held += [as_held(event) for event in stored_held(self.account_id, segment[1])]
+        self.held.sort(key=HELD_ORDER)
+
+    @property
+    def held_count(self) -> int:
+        return len(self.held) + sum(events for _, _, events in self.held_segments)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> AccountState:
@@ -99,6 +132,7 @@ class AccountState:
         daily = fields.get("daily", {})
         fields["daily"] = dict(daily) if isinstance(daily, list) else {int(day): counts for day, counts in daily.items()}
         fields["held"] = [_held_from_json(held) for held in fields.get("held", [])]
+        fields["held_segments"] = [list(segment) for segment in fields.get("held_segments", [])]
         # states written before these fields existed
         fields.setdefault("last_engaged_ms", fields["last_event_ms"])
         fields.setdefault("as_of_ms", fields["last_event_ms"])
@@ -108,7 +142,7 @@ class AccountState:
     @property
     def first_held_ms(self) -> int:
         """The event time of its earliest held event; 0: none held."""
-        return self.held[0][0] if self.held else 0
+        return _first_held_ms(self.held[0][0] if self.held else 0, self.held_segments)
 
     def timing(self) -> Timing:
         """What the fall-back schedule reads of the state (processors.watermarks)."""
@@ -121,26 +155,55 @@ class AccountState:
         fields = orjson.loads(_json_of(raw))
         held = fields.get("held")
         latest_seen_ms = fields.get("latest_seen_ms", fields["last_event_ms"])
-        first_held_ms = (held[0]["occurred_at_ms"] if isinstance(held[0], dict) else held[0][0]) if held else 0
-        return fields["account_id"], fields.get("fallback_at_ms", 0), first_held_ms, latest_seen_ms
+        first_in_state = _held_from_json(held[0])[0] if held else 0
+        return fields["account_id"], fields.get("fallback_at_ms", 0), _first_held_ms(first_in_state, fields.get("held_segments", ())), latest_seen_ms
 
 
 # (account, fall-back time (0: none), earliest held event time (0: none), latest event time seen)
 Timing = tuple[str, int, int, int]
-# (event time, source, event id, the event): the event a dict until the state is written, then its JSON
-HeldEvent = tuple[int, str, str, dict[str, Any] | bytes]
+# (event time, source, event id, the event)
+HeldEvent = tuple[int, str, str, dict[str, Any]]
+HELD_ORDER: Final = itemgetter(0, 1, 2)  # event time, source, event id: the order held events are applied in
+StoredHeld = Callable[[str, int], list[dict[str, Any]]]  # (account, segment number) -> its events, as stored
+
+# A segment of held events is at most this much JSON (a larger event goes alone): a busy
+# account's burst (up to ABM_MAX_HELD_EVENTS_PER_ACCOUNT events) takes several records.
+SEGMENT_MAX_BYTES: Final = 1024 * 1024
+
+
+def no_stored_held(account_id: str, number: int) -> list[dict[str, Any]]:
+    """Where no store is given (pure folding, tests): a state that lists a segment here was
+    written, and its events cannot be read back."""
+    raise LookupError(f"the state of account {account_id!r} lists held segment {number}, and no store was given to read it back")
+
+
+def held_segment_key(account_id: str, number: int) -> bytes:
+    """A segment's key in the account-state table: never an account's key, which is UTF-8
+    (no byte 0xff), and unique (the number ends at the first colon)."""
+    return b"\xff%d:%s" % (number, account_id.encode())
+
+
+def is_held_segment_key(key: bytes) -> bool:
+    return key[:1] == b"\xff"
+
+
+def as_held(event: dict[str, Any]) -> HeldEvent:
+    return event["occurred_at_ms"], event["source"], event["event_id"], event
 
 
 def _held_from_json(held: list[Any] | dict[str, Any]) -> HeldEvent:
-    if isinstance(held, dict):  # as states written before session 11 held them
-        return held["occurred_at_ms"], held["source"], held["event_id"], _kept_json(_applied_part(held))
-    at, source, event_id, event = held
-    return at, source, event_id, _kept_json(event)
+    if isinstance(held, dict):  # the event itself (or as states before session 11 held them: all of it)
+        return as_held(_applied_part(held))
+    return as_held(held[3])  # as session 11 wrote them: [event time, source, event id, event]
+
+
+def _first_held_ms(first_in_memory: int, segments: Iterable[list[int]]) -> int:
+    return min((at for at in (first_in_memory, *(segment[0] for segment in segments)) if at), default=0)
 
 
 # What applying an event reads (apply_event, processors.stages and processors.accounts).
 # The rest (its time as sent, its domain, campaign, account...) is in ClickHouse already,
-# and held it would take memory and state bytes for the allowed lateness: ~45 % of them.
+# and held it would take memory and bytes for the allowed lateness: ~45 % of them.
 _APPLIED_FIELDS: Final = ("event_id", "source", "type", "occurred_at_ms", "contact_id", "email", "url", "properties", "_seniority")
 
 
@@ -149,12 +212,6 @@ def _applied_part(event: dict[str, Any]) -> dict[str, Any]:
     if applied.get("contact_id"):  # the contact is its id when it has one
         applied.pop("email", None)
     return applied
-
-
-def _kept_json(event: dict[str, Any]) -> bytes:
-    # orjson's bytes keep the 4 KiB buffer they were written in (tracemalloc: 4,097 bytes
-    # for a 365-byte event): a copy of their exact size, to be kept for minutes, is ~400
-    return memoryview(orjson.dumps(event)).tobytes()
 
 
 _STATE_FIELDS: Final = tuple(f.name for f in dataclass_fields(AccountState))
@@ -168,8 +225,18 @@ COMPRESSION_LEVEL: Final = 1
 _ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"  # never the start of JSON
 
 
+def _stored(encoded: bytes) -> bytes:
+    return encoded if len(encoded) < COMPRESSED_FROM_BYTES else zstd.compress(encoded, COMPRESSION_LEVEL)
+
+
 def _json_of(raw: bytes) -> bytes:
     return zstd.decompress(raw) if raw[:4] == _ZSTD_MAGIC else raw
+
+
+def held_events_of(raw: bytes) -> list[dict[str, Any]]:
+    """A segment's events from its stored bytes."""
+    events: list[dict[str, Any]] = orjson.loads(_json_of(raw))
+    return events
 
 
 def _pack_ids(recent_ids: dict[int, int]) -> str:

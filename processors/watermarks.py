@@ -32,7 +32,7 @@ from typing import Any
 from processors.accounts import Folded, Position, fold_events, settle
 from processors.dedup import DedupPolicy
 from processors.identity import account_partition
-from processors.scoring import AccountState, ScoringConfig, Timing
+from processors.scoring import AccountState, ScoringConfig, StoredHeld, Timing, no_stored_held
 from processors.stages import StageRules, StageTransition
 
 Entry = tuple[float, str]  # (due time, account): accounts of equal due times are ordered by id
@@ -119,10 +119,12 @@ class FallbackSchedule:
         rules: StageRules,
         config: ScoringConfig,
         partitions: Iterable[int] | None = None,
+        stored_held: StoredHeld = no_stored_held,
     ) -> list[StageTransition]:
         """Settles the accounts the watermarks have passed, in each partition's time order
         (of the given partitions, or all). ``timings_in(partition)`` gives the timing
-        (``AccountState.timing``) of every state of a partition as it stands now, for the scans."""
+        (``AccountState.timing``) of every state of a partition as it stands now, for the scans;
+        ``stored_held`` reads back held events of written states (``settle``)."""
         transitions = []
         chosen = self._by_partition if partitions is None else {p: self._by_partition[p] for p in partitions if p in self._by_partition}
         for partition, held in chosen.items():
@@ -139,7 +141,7 @@ class FallbackSchedule:
                         continue  # re-evaluated since: a later entry stands for it
                     del held.due[account_id]
                     state = state_for(account_id)
-                    transitions.extend(settle(state, mark, config, rules))
+                    transitions.extend(settle(state, mark, config, rules, stored_held))
                     self.note(state)
                 if held.horizon[0] > mark:
                     break
@@ -191,6 +193,7 @@ def fold_messages(
     rules: StageRules,
     dedup: DedupPolicy,
     max_held: int,
+    stored_held: StoredHeld = no_stored_held,
 ) -> Folded:
     """Folds forwarded messages in order, their events held (at most ``max_held`` per
     account, processors.accounts), advances each message's
@@ -201,7 +204,7 @@ def fold_messages(
     lateness included, also for accounts whose stored states are ahead of that offset."""
     folded = Folded()
     for partition, positioned in messages:
-        part = fold_events(positioned, state_for, config, rules, dedup, max_held)
+        part = fold_events(positioned, state_for, config, rules, dedup, max_held, stored_held)
         folded.transitions += part.transitions  # of events applied before the watermark: over max_held
         folded.applied += part.applied
         folded.duplicates += part.duplicates
@@ -210,5 +213,5 @@ def fold_messages(
             schedule.note(state_for(account_id))
         if positioned:
             schedule.advance(partition, max(event["occurred_at_ms"] for _, event in positioned))
-        folded.transitions += schedule.settle_due(state_for, timings_in, rules, config, (partition,))
+        folded.transitions += schedule.settle_due(state_for, timings_in, rules, config, (partition,), stored_held)
     return folded

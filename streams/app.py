@@ -369,6 +369,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
         return {
             "account_states_in_memory": states.cached,
             "held_events_in_memory": states.held_in_memory,
+            "held_events_in_segments": states.held_in_segments,
             "directory_domains": directory.domains,
             "directory_contacts": directory.contacts,
             "waiting_keys": len(waiting),

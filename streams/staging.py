@@ -82,7 +82,8 @@ class StageClock:
             async with checkpoint.lock:
                 if self._stale and not checkpoint.closed:
                     self._rescan()
-                    await self.emit(self.schedule.settle_due(self._states.state_for, self._states.timings_in, self._rules, self._config))
+                    states = self._states
+                    await self.emit(self.schedule.settle_due(states.state_for, states.timings_in, self._rules, self._config, stored_held=states.stored_held))
 
     def assigned(self, committed: Mapping[int, tuple[int, str]]) -> None:
         """An assignment: the committed (offset, metadata) of each by-account partition
@@ -108,7 +109,9 @@ class StageClock:
         if self._stale:
             self._rescan()
         states = self._states
-        return fold_messages(messages, states.state_for, states.timings_in, self.schedule, self._config, self._rules, self._dedup, self._max_held)
+        return fold_messages(
+            messages, states.state_for, states.timings_in, self.schedule, self._config, self._rules, self._dedup, self._max_held, states.stored_held
+        )
 
     async def emit(self, transitions: list[StageTransition]) -> None:
         """To ClickHouse (buffered) and Kafka; the caller holds the checkpoint lock."""

@@ -1,18 +1,27 @@
 """Per-account state: kept in memory while it changes, written to the Faust table (its
 store and changelog) at a checkpoint, never once per event. A state's ClickHouse row is
 taken at every checkpoint it changed before; its bytes may wait for a later one (see
-streams.checkpoint), which is why the two are tracked apart."""
+streams.checkpoint), which is why the two are tracked apart.
+
+Events held for the watermark leave memory when their state is written: they go to
+segments, records of their own in the same table and partition, written before the state
+that lists them (processors.scoring). A segment read back (the watermark reached it) is
+deleted, by a tombstone, only at the state write after the one that stopped listing it,
+and before the state's next record in its partition: the stored state never lists a
+deleted segment, whichever records of a checkpoint a crash let through. Until then the
+state lists it as released, so that the tombstone of a state restored after a crash is
+still written."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Iterator
-from itertools import islice
+from itertools import islice, takewhile
 from typing import Any
 
 from processors.identity import account_partition
-from processors.scoring import AccountState, Timing
+from processors.scoring import AccountState, Timing, held_events_of, held_segment_key, is_held_segment_key
 
-StateChange = tuple[int, bytes, bytes]  # partition, key, the state's bytes
+StateChange = tuple[int, bytes, bytes | None]  # partition, key, the state's or segment's bytes (None: delete)
 
 
 class StateTooLarge(RuntimeError):
@@ -28,6 +37,8 @@ class AccountStates:
         self._cache: dict[str, AccountState] = {}
         self._changed: set[str] = set()  # since their rows were last taken
         self._unwritten: set[str] = set()  # rows taken since, bytes not yet
+        self._unstored: dict[bytes, bytes] = {}  # segments taken to be written, not yet in the store
+        self._releasing: dict[str, list[int]] = {}  # released segments the states as last written list: to be deleted next
 
     @property
     def cached(self) -> int:
@@ -35,9 +46,24 @@ class AccountStates:
 
     @property
     def held_in_memory(self) -> int:
-        """Events the states in memory hold for the watermark (their memory grows with
-        rate x allowed lateness; states out of memory are not counted)."""
+        """Events the states in memory hold for the watermark in memory, not in segments:
+        those since the last state write, and those of segments read back and not yet due."""
         return sum(len(state.held) for state in self._cache.values())
+
+    @property
+    def held_in_segments(self) -> int:
+        """Events the states in memory hold for the watermark in written segments."""
+        return sum(state.held_count for state in self._cache.values()) - self.held_in_memory
+
+    def stored_held(self, account_id: str, number: int) -> list[dict[str, Any]]:
+        """The events of one of the account's held segments (processors.scoring.StoredHeld)."""
+        key = held_segment_key(account_id, number)
+        raw = self._unstored.get(key)
+        if raw is None:
+            raw = _get_from_store(self._table, account_partition(account_id, self._partitions), key)
+        if raw is None:  # the state lists it: deleted or never stored, its events would be lost
+            raise LookupError(f"held segment {number} of account {account_id!r} is not in the store")
+        return held_events_of(raw)
 
     def state_for(self, account_id: str) -> AccountState:
         """The account's state, marked as changed (it is about to be)."""
@@ -58,7 +84,7 @@ class AccountStates:
     def unwritten(self) -> int:
         """Accounts changed since the last ``take_changes`` (one changed again since its
         row was taken is in both sets, and counts once)."""
-        return len(self._unwritten | self._changed)
+        return len(self._unwritten | self._changed | self._releasing.keys())
 
     @property
     def over_cache(self) -> bool:
@@ -89,13 +115,25 @@ class AccountStates:
 
         Called when the previous changes are written, so every other state is in the
         store and may leave memory; unwritten ones stay until their bytes are written.
+        Held events in memory go to new segments, written first; the segments released by
+        states written last time are deleted, before those states are written again
+        without them.
         """
-        self._evict_written()
-        unwritten = self._unwritten | self._changed
-        changes = [
-            (account_partition(account_id, self._partitions), account_id.encode(), self._cache[account_id].to_bytes())
-            for account_id in unwritten
-        ]
+        unwritten = self._unwritten | self._changed | self._releasing.keys()
+        self._evict_written(unwritten)
+        changes: list[StateChange] = []
+        for account_id in unwritten:
+            state = self._cache[account_id]
+            partition = account_partition(account_id, self._partitions)
+            deleted = self._releasing.get(account_id, ())
+            changes += [(partition, held_segment_key(account_id, number), None) for number in deleted]
+            state.released_segments = [number for number in state.released_segments if number not in deleted]
+            for number, segment in state.take_held_segments():
+                key = held_segment_key(account_id, number)
+                self._unstored[key] = segment
+                changes.append((partition, key, segment))
+            changes.append((partition, account_id.encode(), state.to_bytes()))
+        self._releasing = {a: list(self._cache[a].released_segments) for a in unwritten if self._cache[a].released_segments}
         self._unwritten = set()
         return changes
 
@@ -103,11 +141,12 @@ class AccountStates:
         """To the table's store and changelog topic; returns each changelog record's
         acknowledgement by the broker (Faust's producer buffer sends them on its own)."""
         for _, key, value in changes:
-            if len(value) > self._max_bytes:
+            if value is not None and len(value) > self._max_bytes:
                 raise StateTooLarge(_too_large(key, value, self._max_bytes))
         sent = []
         for partition, key, value in changes:
             _put_in_store(self._table, partition, key, value)
+            self._unstored.pop(key, None)
             sent.append(self._table.send_changelog(partition, key, value))
         return sent
 
@@ -116,23 +155,27 @@ class AccountStates:
         self._cache.clear()
         self._changed.clear()
         self._unwritten.clear()
+        self._unstored.clear()
+        self._releasing.clear()
 
-    def _evict_written(self) -> None:
+    def _evict_written(self, unwritten: set[str]) -> None:
         # Oldest-inserted first.
         excess = len(self._cache) - self._max_cached
         if excess > 0:
-            written = (a for a in self._cache if a not in self._changed and a not in self._unwritten)
+            written = (a for a in self._cache if a not in unwritten)
             for account_id in list(islice(written, excess)):
                 del self._cache[account_id]
 
 
 def _too_large(key: bytes, value: bytes, max_bytes: int) -> str:
     # Kafka would only say MessageSizeTooLarge: say whose state, and what fills it.
+    if is_held_segment_key(key):  # one event over the limit alone (events are at most 1 MiB)
+        return f"held segment {key!r} is {len(value):,} bytes, over the {max_bytes:,} a changelog record takes"
     state = AccountState.from_bytes(value)
     return (
         f"the state of account {key.decode()!r} is {len(value):,} bytes, over the {max_bytes:,} a changelog record "
-        f"takes: {len(state.recent_ids):,} event ids, {len(state.contacts):,} contacts, "
-        f"{len(state.capped):,} capped-day entries, {len(state.held):,} held events"
+        f"takes: {len(state.recent_ids):,} event ids, {len(state.contacts):,} contacts and "
+        f"{len(state.capped):,} capped-day entries"
     )
 
 
@@ -140,17 +183,35 @@ def _stored_in(table: Any, partition: int, partitions: int) -> Iterator[tuple[by
     store = table.data
     db_for_partition = getattr(store, "_db_for_partition", None)
     if db_for_partition is None:  # one mapping for all partitions (memory store)
-        return ((key, raw) for key, raw in store.items() if account_partition(key.decode(), partitions) == partition)
-    return store._visible_items(db_for_partition(partition))  # skips Faust's offset key
+        return ((key, raw) for key, raw in store.items() if not is_held_segment_key(key) and account_partition(key.decode(), partitions) == partition)
+    # _visible_items skips Faust's offset key, and goes in key order: segments come last
+    return takewhile(lambda item: not is_held_segment_key(item[0]), store._visible_items(db_for_partition(partition)))
 
 
-def _put_in_store(table: Any, partition: int, key: bytes, value: bytes) -> None:
+def _put_in_store(table: Any, partition: int, key: bytes, value: bytes | None) -> None:
     # Faust's RocksDB store picks the partition's database from the current stream
     # event; a checkpoint writes for many partitions at once, so it names the partition.
+    # Segments stay out of its key index, which only grows: they are read by partition.
     store = table.data
     db_for_partition = getattr(store, "_db_for_partition", None)
     if db_for_partition is None:
-        store[key] = value
+        if value is None:
+            store.pop(key, None)
+        else:
+            store[key] = value
+    elif value is None:
+        db_for_partition(partition).delete(key)
     else:
         db_for_partition(partition).put(key, value)
-        store._key_index[key] = partition
+        if not is_held_segment_key(key):
+            store._key_index[key] = partition
+
+
+def _get_from_store(table: Any, partition: int, key: bytes) -> bytes | None:
+    store = table.data
+    db_for_partition = getattr(store, "_db_for_partition", None)
+    if db_for_partition is None:
+        raw: bytes | None = store.get(key)
+        return raw
+    raw = db_for_partition(partition).get(key)
+    return raw

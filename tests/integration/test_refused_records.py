@@ -23,11 +23,11 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from processors.scoring import AccountState, zstd
+from processors.scoring import SEGMENT_MAX_BYTES, AccountState, held_events_of, held_segment_key, zstd
 from schemas.events import EVENT_TYPES, MAX_EVENT_BYTES, TOPIC_BY_ACCOUNT, TOPIC_DEAD_LETTERS, TOPIC_STAGE_TRANSITIONS, TOPIC_UNRESOLVED
 from streams.kafka_admin import TOPIC_OVERRIDE, ensure_topics
 from streams.simulator import encode, iter_events, produce_events
-from streams.topics import DEAD_LETTER_PART_BYTES, OUTPUT_MESSAGE_MAX_BYTES, STATE_MAX_BYTES, consumed_topics, prepare_topics, state_changelog_topic
+from streams.topics import DEAD_LETTER_PART_BYTES, OUTPUT_MESSAGE_MAX_BYTES, consumed_topics, prepare_topics, state_changelog_topic
 from tests.integration.support import (
     assert_store_exact, committed_offsets, consume_all, drain_with_new_worker, isolated_settings, produce, query, start_worker,
 )
@@ -184,37 +184,38 @@ def test_preparing_the_topics_raises_too_small_limits_of_the_topics_the_worker_w
     }
 
 
-async def newest_value(bootstrap: str, topic: str, key: bytes) -> bytes:
-    """The value of the newest record of ``key`` in the topic, read to its end."""
+async def newest_values(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
+    """The value of the newest record of each key in the topic, read to its end (None: deleted)."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", max_partition_fetch_bytes=16 * 1024 * 1024)
     await consumer.start()
     try:
         while not consumer.assignment():  # no group: every partition, once the metadata is in
             await asyncio.sleep(0.05)
         ends = await consumer.end_offsets(list(consumer.assignment()))
-        newest = None
+        newest: dict[bytes, bytes | None] = {}
         while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
             for records in (await consumer.getmany(timeout_ms=1000)).values():
-                newest = next((r.value for r in reversed(records) if r.key == key), newest)
+                newest.update((r.key, r.value) for r in records)
     finally:
         await consumer.stop()
-    assert newest is not None, f"no record of {key!r} in {topic}"
     return newest
 
 
-def test_a_busy_accounts_state_larger_than_a_record_is_written_compressed_and_restored_from_the_changelog(local_kafka, tmp_path):
+def test_a_busy_accounts_held_events_go_to_segments_restored_from_the_changelog_and_each_counts_once(local_kafka, tmp_path):
     """One account, 60,000 page views within ten minutes of event time, five minutes of
-    allowed lateness: when the backlog is drained, the newest half waits in its state for
-    the watermark (the cap on held events raised for it). With the 60,000 event ids that
-    is ~10 MiB of JSON, more than the 8 MiB a changelog record takes (it stopped the
-    worker for good). A worker without its table
-    store then restores the state from the changelog alone, and a later event moves the
-    watermark past every held event: each counts once."""
+    allowed lateness: when the backlog is drained, the newest half waits for the watermark
+    (the cap on held events raised for it). Held in the state, they made ~10 MiB of JSON,
+    more than the 8 MiB a changelog record takes (it stopped the worker for good); they
+    are in segments of at most 1 MiB of JSON now, none left in memory, and the state
+    lists them. A worker without its table store restores the state and its segments
+    from the changelog alone, and a later event moves the watermark past every held
+    event: each counts once, and the segments read back are deleted."""
     settings = isolated_settings(local_kafka.bootstrap, tmp_path / "abm")
     topic = settings.topic(EVENT_TYPES["page_view"].topic)
+    changelog = state_changelog_topic(settings)
     start = int(time.time() * 1000) - 3_600_000
 
-    def path(n: int) -> str:  # long enough for the held events alone to be ~7 MiB
+    def path(n: int) -> str:
         return f"/docs/{n % 300}/account-based-marketing/getting-started"
 
     def page_view(n: int, at: int) -> tuple[str, None, bytes]:
@@ -227,17 +228,23 @@ def test_a_busy_accounts_state_larger_than_a_record_is_written_compressed_and_re
     worker = start_worker(settings, "first", extra_env={"ABM_WATERMARK_LATENESS_MINUTES": "5", "ABM_MAX_HELD_EVENTS_PER_ACCOUNT": "40000"})
     try:
         asyncio.run(produce(local_kafka.bootstrap, [page_view(n, start + n * 10) for n in range(60_000)]))
-        worker.wait_drained(timeout_s=180)
-        assert 'abm_state{what="held_events_in_memory"} 30000.0' in worker.metrics()
+        worker.wait_drained(timeout_s=180)  # committed: the states are written
+        assert 'abm_state{what="held_events_in_memory"} 0.0' in worker.metrics()
     finally:
         assert worker.stop() == 0, worker.log_tail()  # it never stopped on its own
-    stored = asyncio.run(newest_value(local_kafka.bootstrap, state_changelog_topic(settings), b"acct-busy"))
-    state = AccountState.from_bytes(stored)
-    assert (len(state.recent_ids), len(state.held)) == (60_000, 30_000)  # those after the newest event - 5 min
-    assert len(stored) < STATE_MAX_BYTES // 2 < STATE_MAX_BYTES < len(zstd.decompress(stored))
+    newest = asyncio.run(newest_values(local_kafka.bootstrap, changelog))
+    state = AccountState.from_bytes(newest[b"acct-busy"])
+    assert (len(state.recent_ids), state.held, state.held_count) == (60_000, [], 30_000)  # those after the newest event - 5 min
+    listed = [held_segment_key("acct-busy", number) for _, number, _ in state.held_segments]
+    held = [event["event_id"] for key in listed for event in held_events_of(newest[key])]
+    assert sorted(held) == sorted(f"busy-{n}" for n in range(30_000, 60_000)) and len(listed) >= 5
+    assert max(len(zstd.decompress(newest[key])) for key in listed) <= SEGMENT_MAX_BYTES
 
     shutil.rmtree(settings.faust_dir)
     asyncio.run(produce(local_kafka.bootstrap, [page_view(60_000, start + 1_200_000)]))
     drain_with_new_worker(settings, "second")
     assert query(settings, "SELECT events_total AS n, page_views AS v FROM account_scores FINAL") == [{"n": 60_001, "v": 60_001}]
     assert query(settings, "SELECT count() AS n, uniqExact(event_id) AS u FROM events") == [{"n": 60_001, "u": 60_001}]
+    newest = asyncio.run(newest_values(local_kafka.bootstrap, changelog))
+    state = AccountState.from_bytes(newest[b"acct-busy"])
+    assert (state.held_count, [newest[key] for key in listed]) == (0, [None] * len(listed))  # read back, then deleted

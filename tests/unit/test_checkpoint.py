@@ -14,7 +14,9 @@ import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from processors.scoring import AccountState
+from processors.accounts import settle
+from processors.scoring import AccountState, as_held, held_events_of
+from streams.rules import DEFAULT_RULES, load_rules
 from streams.checkpoint import Checkpoint, CheckpointFailed
 from streams.offsets import OffsetGuard
 from streams.sink import ClickHouseSink
@@ -41,7 +43,7 @@ class KafkaSide:
         self.commits: list[dict[Any, int]] = []
         self.metadata: list[dict[Any, str]] = []
         self.data: dict[bytes, bytes] = {}  # the table's store
-        self.changelog: list[tuple[bytes, bytes]] = []
+        self.changelog: list[tuple[bytes, bytes | None]] = []
 
     async def flush(self) -> None:
         await self.flushes.wait()
@@ -58,8 +60,8 @@ class KafkaSide:
         self.journal.append(f"sent {topic} {value.decode()}")
         return asyncio.create_task(self._acknowledge(value))
 
-    def send_changelog(self, partition: int, key: bytes, value: bytes) -> asyncio.Task[None]:
-        self.journal.append(f"changelog {key.decode()}")
+    def send_changelog(self, partition: int, key: bytes, value: bytes | None) -> asyncio.Task[None]:
+        self.journal.append(f"changelog {key.decode(errors='backslashreplace')}{' deleted' if value is None else ''}")
         self.changelog.append((key, value))
         return asyncio.create_task(self._acknowledge(key))
 
@@ -324,6 +326,59 @@ def test_states_are_written_once_more_of_them_wait_than_the_cache_holds(store):
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
+def held_page_view(minute: int) -> dict[str, Any]:
+    at = 1_700_000_000_000 + minute * 60_000
+    return {"event_id": f"e{minute}", "source": "web", "type": "page_view", "occurred_at_ms": at, "contact_id": "c1", "account_id": "acme"}
+
+
+def test_held_events_are_written_as_a_segment_before_their_state_and_deleted_a_write_after_it_is_read_back(store):
+    """A state write moves its held events to a segment record, written before the state
+    that lists it, and readable while the write is in flight; once the watermark reads it
+    back, the next write lists it as released and the one after deletes it, before the
+    state's record: a crash between any two records leaves no stored state listing a
+    deleted segment."""
+    config, rules = load_rules(None, 30 * 86_400_000, 48 * 3_600_000)
+    events = [held_page_view(minute) for minute in range(3)]
+
+    async def scenario() -> None:
+        checkpoint, states, sink, kafka, journal = protocol(store)
+        kafka.flushes.set()
+        async with checkpoint.lock:
+            states.state_for("acme").held = [as_held(e) for e in events]
+            await checkpoint.commit_if_due()  # in flight: the segment is not in the store yet
+            assert b"\xff0:acme" not in kafka.data and states.stored_held("acme", 0) == held_events_of(held_events_raw(events))
+            await checkpoint._finish_in_flight()
+            assert [line for line in journal if line.startswith("changelog")] == ["changelog \\xff0:acme", "changelog acme"]
+            state = states.state_for("acme")
+            listed = [[events[0]["occurred_at_ms"], 0, 3]]  # earliest event time, number, events
+            assert (state.held, state.held_segments, AccountState.from_bytes(kafka.data[b"acme"]).held_segments) == ([], listed, listed)
+            settle(state, events[1]["occurred_at_ms"], config, rules, states.stored_held)  # two applied, one back in memory
+            assert (state.events_total, len(state.held), state.held_segments, state.released_segments) == (2, 1, [], [0])
+            del journal[:]
+            await checkpoint.commit()
+            assert [line for line in journal if line.startswith("changelog")] == ["changelog \\xff1:acme", "changelog acme"]
+            assert AccountState.from_bytes(kafka.data[b"acme"]).released_segments == [0] and b"\xff0:acme" in kafka.data
+            assert checkpoint.due()  # the deletion is owed
+            del journal[:]
+            await checkpoint.commit()
+            assert [line for line in journal if line.startswith("changelog")] == ["changelog \\xff0:acme deleted", "changelog acme"]
+            assert b"\xff0:acme" not in kafka.data and AccountState.from_bytes(kafka.data[b"acme"]).released_segments == []
+            assert [e["event_id"] for e in states.stored_held("acme", 1)] == ["e2"]
+            del journal[:]
+            await checkpoint.commit()
+            assert journal == []
+            with pytest.raises(LookupError, match="held segment 0 of account 'acme' is not in the store"):
+                states.stored_held("acme", 0)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def held_events_raw(events: list[dict[str, Any]]) -> bytes:
+    state = AccountState("acme", held=[as_held(e) for e in events])
+    [(_, raw)] = state.take_held_segments()
+    return raw
+
+
 @pytest.mark.parametrize("record", ["changelog record", "sent record"])
 def test_offsets_are_committed_only_once_the_broker_acknowledged_every_record_behind_them(store, record):
     """A changelog record: Faust's producer flush can return with it still in its own
@@ -403,7 +458,7 @@ def test_a_state_too_large_for_its_changelog_stops_the_worker_naming_its_account
             await checkpoint.commit_if_due()
             with pytest.raises(StateTooLarge, match="account 'busy' is 21,") as failure:
                 await checkpoint._finish_in_flight()
-        assert "1,000 event ids, 0 contacts, 0 capped-day entries, 0 held events" in str(failure.value)
+        assert "1,000 event ids, 0 contacts and 0 capped-day entries" in str(failure.value)
         assert journal[-1].startswith("worker stopped: the state of account 'busy'")
         assert (kafka.changelog, kafka.data, kafka.commits) == ([], {}, [])
 

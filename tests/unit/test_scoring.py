@@ -15,7 +15,10 @@ from processors.dedup import DedupPolicy
 from processors.identity import AccountDirectory, account_partition
 from processors.routing import EVENTS_PER_MESSAGE, forwarded_messages, route_batch
 from processors.rules import merged, parse_rules
-from processors.scoring import DAY_MS, zstd, RETENTION_DAYS, AccountState, apply_event, engaged_contacts, rolling_counts, score_at, seniority_of
+from processors.scoring import (
+    DAY_MS, RETENTION_DAYS, SEGMENT_MAX_BYTES, AccountState, apply_event, as_held, engaged_contacts, held_events_of, rolling_counts, score_at,
+    seniority_of, zstd,
+)
 from processors.stages import STAGE_RANK, fall_back_until
 from processors.validation import parse_timestamp_ms
 from processors.watermarks import FallbackSchedule, fold_messages
@@ -351,22 +354,50 @@ def test_states_written_before_stages_had_rules_still_load():
 
 
 def test_a_busy_accounts_state_is_stored_compressed_and_a_quiet_ones_as_json():
-    """The bytes of 150,000 event ids and 30,000 held events: ~9 MiB of JSON, more than
-    a changelog record takes (8 MiB); compressed they are a fraction of it."""
-    scattered = (key * 0x9E3779B97F4A7C15 % 2**64 for key in range(150_000))  # as digests are
+    """The bytes of 200,000 event ids (the cap) and 150,000 contacts: ~11 MiB of JSON,
+    more than a changelog record takes (8 MiB); compressed they are a fraction of it."""
+    scattered = (key * 0x9E3779B97F4A7C15 % 2**64 for key in range(200_000))  # as digests are
     busy = AccountState("busy", applied_upto=(9, 0), recent_ids={key: T0 + n for n, key in enumerate(scattered)})
-    busy.held = [
-        (T0 + i, "web", f"e{i}", {"event_id": f"e{i}", "source": "web", "type": "page_view", "occurred_at_ms": T0 + i,
-                                  "account_id": "busy", "contact_id": f"c{i % 50}", "properties": {"url": f"https://busy.example/p/{i % 100}"}})
-        for i in range(30_000)
-    ]
+    busy.contacts = {f"contact-{i:06d}@busy.example": T0 + i for i in range(150_000)}
     raw = busy.to_bytes()
     assert raw[:4] == b"\x28\xb5\x2f\xfd" and len(raw) < STATE_MAX_BYTES // 2 and len(zstd.decompress(raw)) > STATE_MAX_BYTES
     assert AccountState.from_bytes(raw) == busy
-    assert AccountState.timing_of(raw) == busy.timing() == ("busy", 0, T0, 0)
+    assert AccountState.timing_of(raw) == busy.timing() == ("busy", 0, 0, 0)
     assert AccountState.from_bytes(raw).to_bytes() == raw  # a replay writes the same bytes
     quiet = AccountState("quiet", recent_ids={1: T0})
     assert quiet.to_bytes()[:1] == b"{" and AccountState.from_bytes(quiet.to_bytes()) == quiet
+
+
+def busy_page_view(i):
+    return {"event_id": f"e{i}", "source": "web", "type": "page_view", "occurred_at_ms": T0 + i, "received_at_ms": T0 + i,
+            "account_id": "busy", "contact_id": f"c{i % 50}", "_origin": ["raw", 0, i], "properties": {"url": f"https://busy.example/p/{i % 100}"}}
+
+
+def test_held_events_leave_the_state_in_segments_of_at_most_a_mebibyte_and_come_back_in_time_order():
+    """30,000 held events (~5 MiB of JSON) go to numbered segments, compressed past 64
+    KiB, listed in the state with their earliest event time and size; read back in any
+    order, they are the held events again (with only what applying them reads)."""
+    busy = AccountState("busy")
+    events = [busy_page_view(i) for i in range(30_000)]
+    busy.held = [as_held(e) for e in events]
+    segments = busy.take_held_segments()
+    assert busy.held == [] and len(segments) >= 4 and [number for number, _ in segments] == list(range(len(segments)))
+    decoded = [held_events_of(raw) for _, raw in segments]
+    assert all(raw[:4] == b"\x28\xb5\x2f\xfd" and len(zstd.decompress(raw)) <= SEGMENT_MAX_BYTES for _, raw in segments)
+    assert busy.held_segments == [[part[0]["occurred_at_ms"], number, len(part)] for (number, _), part in zip(segments, decoded)]
+    assert [e["event_id"] for part in decoded for e in part] == [e["event_id"] for e in events]
+    assert (busy.held_count, busy.first_held_ms, busy.next_segment) == (30_000, T0, len(segments))
+    assert AccountState.timing_of(busy.to_bytes()) == busy.timing() == ("busy", 0, T0, 0)
+    stored = dict(segments)
+    restored = AccountState.from_bytes(busy.to_bytes())
+    restored.read_back([restored.held_segments[1], restored.held_segments[0]], lambda account, number: held_events_of(stored[number]))
+    first_two = len(decoded[0]) + len(decoded[1])
+    assert [held[:3] for held in restored.held] == [(e["occurred_at_ms"], "web", e["event_id"]) for e in events[:first_two]]
+    assert "account_id" not in restored.held[0][3] and "contact_id" in restored.held[0][3]
+    assert (restored.released_segments, restored.held_count, restored.held_segments[0][1]) == ([1, 0], 30_000, 2)
+    with pytest.raises(LookupError, match="lists held segment 2, and no store was given"):
+        settle(restored, T0 + 30_000, CONFIG, RULES)
+
 
 @given(
     st.dictionaries(st.integers(0, 2**64 - 1), st.integers(0, 2**62), max_size=50),
@@ -510,7 +541,8 @@ def no_scan(partition):
 def test_held_events_give_the_same_stages_in_any_arrival_order_and_batching(items, rnd, batches):
     """Events held until the watermark passes them are applied in event-time order: the
     transitions, score and stage are those of the events in time order, however they
-    arrived and in whatever batches the watermark advanced."""
+    arrived, in whatever batches the watermark advanced, and whenever the state was
+    written (its held events to segments, read back as the watermark reaches them)."""
     # each from its own raw partition: any arrival order is possible
     events = [dict(journey_event(item), _origin=(f"raw-{i}", 0, 0)) for i, item in enumerate(items)]
     in_order = AccountState("a1")
@@ -522,22 +554,30 @@ def test_held_events_give_the_same_stages_in_any_arrival_order_and_batching(item
     rnd.shuffle(arrived)
     held = AccountState("a1")
     cuts = sorted(rnd.randint(0, len(arrived)) for _ in range(batches))
-    transitions = []
+    transitions, stored = [], {}
+
+    def stored_held(account, number):
+        return held_events_of(stored[number])
+
     for start, stop in zip([0, *cuts], [*cuts, len(arrived)]):
         batch = arrived[start:stop]
-        fold_events([((next(RAW_OFFSETS), 0), e) for e in batch], lambda _: held, CONFIG, RULES, DEDUP, MAX_HELD)
+        fold_events([((next(RAW_OFFSETS), 0), e) for e in batch], lambda _: held, CONFIG, RULES, DEDUP, MAX_HELD, stored_held)
+        if rnd.random() < 0.5:  # a state write
+            stored.update(held.take_held_segments())
         # the watermark only ever passes events that every later batch is no earlier than
         later = [e["occurred_at_ms"] for e in arrived[stop:]]
         assert AccountState.timing_of(held.to_bytes()) == held.timing()  # events held: what a scan reads
-        transitions += settle(held, min(later) - 1 if later else end, CONFIG, RULES)
+        transitions += settle(held, min(later) - 1 if later else end, CONFIG, RULES, stored_held)
     assert transitions == expected
-    assert (held.stage, held.events_total, held.held) == (in_order.stage, in_order.events_total, [])
+    assert (held.stage, held.events_total, held.held, held.held_segments) == (in_order.stage, in_order.events_total, [], [])
+    assert sorted(held.released_segments) == sorted(stored)
     assert math.isclose(score_at(held, end, CONFIG), score_at(in_order, end, CONFIG), rel_tol=1e-9, abs_tol=1e-12)
 
 
-def held_events(state):
-    """An account's held events, whether kept as dicts (not yet written) or as their JSON."""
-    return [(at, source, event_id, event if isinstance(event, dict) else orjson.loads(event)) for at, source, event_id, event in state.held]
+def all_held(state, store):
+    """An account's held events, in memory and in segments."""
+    in_segments = [as_held(e) for _, number, _ in state.held_segments for e in store[state.account_id, number]]
+    return sorted([held[:3] for held in state.held + in_segments])
 
 
 def _interleaved(per_partition, rnd):
@@ -558,24 +598,34 @@ def _in_batches(messages, rnd):
 class _Worker:
     """The score agent's folding, one fetched batch at a time, with its states and schedule."""
 
-    def __init__(self, partitions, max_held, states=None, latest=None):
+    def __init__(self, partitions, max_held, states=None, latest=None, segments=None):
         self.partitions = partitions
         self.max_held = max_held
         self.states = states or {}
+        self.segments = segments or {}  # (account, number) -> events, as stored: never deleted here
         self.schedule = FallbackSchedule(partitions, lateness_ms=0, capacity=2)
         self.schedule.reset(range(partitions), latest if latest is not None else {p: -1 for p in range(partitions)})
-        self.transitions = self.schedule.settle_due(self.state_for, self.timings_in, RULES, CONFIG)  # a start
+        self.transitions = self.schedule.settle_due(self.state_for, self.timings_in, RULES, CONFIG, stored_held=self.stored_held)  # a start
 
     def state_for(self, account):
         return self.states.setdefault(account, AccountState(account))
+
+    def stored_held(self, account, number):
+        return [dict(e) for e in self.segments[account, number]]
 
     def timings_in(self, partition):
         return [s.timing() for a, s in self.states.items() if account_partition(a, self.partitions) == partition]
 
     def consume(self, batch):
-        self.transitions += fold_messages(batch, self.state_for, self.timings_in, self.schedule, CONFIG, RULES, DEDUP, self.max_held).transitions
+        self.transitions += fold_messages(
+            batch, self.state_for, self.timings_in, self.schedule, CONFIG, RULES, DEDUP, self.max_held, self.stored_held
+        ).transitions
 
     def saved_states(self):
+        """The states as written, their held events to new segments (which stay with this
+        worker's states: a write leaves nothing in memory)."""
+        for a, s in self.states.items():
+            self.segments.update(((a, number), held_events_of(raw)) for number, raw in s.take_held_segments())
         return {a: AccountState.from_bytes(s.to_bytes()) for a, s in self.states.items()}
 
     def committed_latest(self):
@@ -623,7 +673,8 @@ def test_a_replay_after_a_crash_derives_the_transitions_of_the_first_run(max_hel
     saved, latest = crashed.saved_states(), crashed.committed_latest()
     crashed.consume(fetched[saved_at:crashed_at])  # their transitions stored, their states lost...
     ahead = {a: s for a, s in crashed.saved_states().items() if rnd.random() < 0.5}  # ...or some written
-    restarted = _Worker(partitions, max_held, saved | ahead, latest)
+    # the segments of both writes, stored before their states: the store's part never lost
+    restarted = _Worker(partitions, max_held, saved | ahead, latest, dict(crashed.segments))
     committed = Counter(p for p, _ in fetched[:saved_at])
     rest = {p: copies(ms[committed[p]:]) for p, ms in messages.items()}
     for batch in _in_batches([m for _, m in _interleaved(rest, rnd)], rnd):
@@ -634,8 +685,8 @@ def test_a_replay_after_a_crash_derives_the_transitions_of_the_first_run(max_hel
 
     assert stored(crashed.transitions + restarted.transitions) == stored(first.transitions)
     assert len(stored(first.transitions)) == len(first.transitions)
-    assert {a: (s.stage, s.events_total, held_events(s)) for a, s in restarted.states.items()} == {
-        a: (s.stage, s.events_total, held_events(s)) for a, s in first.states.items()
+    assert {a: (s.stage, s.events_total, all_held(s, restarted.segments)) for a, s in restarted.states.items()} == {
+        a: (s.stage, s.events_total, all_held(s, first.segments)) for a, s in first.states.items()
     }
 
 
@@ -670,34 +721,32 @@ def test_an_account_holds_at_most_max_held_events_and_applies_the_earliest_beyon
     assert (state.events_total, [at for at, *_ in state.held][:1], late.transitions) == (7, [T0 + 6 * 60_000], [])
 
 
-def test_held_events_are_kept_as_their_json_once_written_and_apply_as_they_would_have():
-    """A held event is a dict until its state is first written, its JSON from then on (a
-    quarter of the memory, and not encoded again at every write); states written before
-    session 11, which held dicts, still load."""
-    written, kept = AccountState("a1"), AccountState("a1")
-    events = [ev("page_view", T0 + i * 60_000, contact=f"c{i}", _origin=(f"raw-{i}", 0, 0)) for i in range(3)]
-    for state in (written, kept):
-        fold_events([((0, i), dict(e)) for i, e in enumerate(events)], lambda _: state, CONFIG, RULES, DEDUP, MAX_HELD)
-    raw = written.to_bytes()
-    assert [type(event) for *_, event in written.held] == [bytes] * 3 and [type(event) for *_, event in kept.held] == [dict] * 3
-    assert AccountState.from_bytes(raw) == written and written.to_bytes() == raw
-    assert [held[:3] for held in written.held] == [held[:3] for held in kept.held]
-    assert "account_id" in kept.held[0][3] and "account_id" not in orjson.loads(written.held[0][3])  # only what applying reads
-    assert settle(written, T0 + HOUR_MS, CONFIG, RULES) == settle(kept, T0 + HOUR_MS, CONFIG, RULES)
-    assert (written.events_total, written.contacts, written.held) == (kept.events_total, kept.contacts, kept.held) == (3, kept.contacts, [])
+def test_states_written_before_held_events_had_segments_still_load():
+    """Session 11 wrote held events in the state as [time, source, id, event], sessions
+    before it as the events themselves: both load (with only what applying reads), and
+    their next write moves them to segments."""
+    event = {k: v for k, v in ev("page_view", T0).items() if k != "_origin"}
+    for held in ([event], [[T0, "test", event["event_id"], event]]):
+        old = orjson.loads(AccountState("a0").to_bytes())
+        for field in ("held_segments", "next_segment", "released_segments"):
+            del old[field]
+        old["held"] = held
+        loaded = AccountState.from_bytes(orjson.dumps(old))
+        assert [(at, source, event_id) for at, source, event_id, _ in loaded.held] == [(T0, "test", event["event_id"])]
+        assert AccountState.timing_of(orjson.dumps(old)) == loaded.timing() == ("a0", 0, T0, 0)
+        [(number, raw)] = loaded.take_held_segments()
+        assert (number, held_events_of(raw), loaded.held_segments) == (0, [loaded_event(event)], [[T0, 0, 1]])
 
-    old = orjson.loads(AccountState("a0").to_bytes())
-    old["held"] = [{k: v for k, v in events[0].items() if k != "_origin"}]  # as states before session 11 held them
-    loaded = AccountState.from_bytes(orjson.dumps(old))
-    assert [(at, source, event_id) for at, source, event_id, _ in loaded.held] == [(T0, "test", events[0]["event_id"])]
-    assert AccountState.timing_of(orjson.dumps(old)) == loaded.timing() == ("a0", 0, T0, 0)
+
+def loaded_event(event):
+    return {k: v for k, v in event.items() if k not in ("account_id", "email", "received_at_ms", "occurred_at")}
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_a_held_event_kept_as_json_applies_as_the_whole_event(seed):
-    """Held events are kept with only the fields applying them reads: simulated events of
-    every type (email-only contacts, titles, privacy opens, forms, opportunities, NPS...)
-    give the same states and transitions applied whole or held, written and settled."""
+def test_a_held_event_read_back_from_a_segment_applies_as_the_whole_event(seed):
+    """Segments keep only the fields applying an event reads: simulated events of every
+    type (email-only contacts, titles, privacy opens, forms, opportunities, NPS...) give
+    the same states and transitions applied whole or held, written and read back."""
     rnd = random.Random(seed)
     events = []
     for i, event in enumerate(iter_events(seed=seed, accounts=3, contacts_per_account=4, count=300, expected_events=300, history_days=30)):
@@ -707,15 +756,16 @@ def test_a_held_event_kept_as_json_applies_as_the_whole_event(seed):
         if rnd.random() < 0.3:
             event["_seniority"] = rnd.choice(["c_level", "vp", "director", "manager", "other"])
         events.append(event)
-    whole, held = {}, {}
+    whole, held, stored = {}, {}, {}
     positioned = [((i, 0), e) for i, e in enumerate(sorted(events, key=lambda e: (e["occurred_at_ms"], e["source"], e["event_id"])))]
     applied = fold_events([(p, dict(e)) for p, e in positioned], lambda a: whole.setdefault(a, AccountState(a)), CONFIG, RULES, DEDUP)
     later = fold_events([(p, dict(e)) for p, e in positioned], lambda a: held.setdefault(a, AccountState(a)), CONFIG, RULES, DEDUP, MAX_HELD)
     assert later.transitions == [] and all(state.held for state in held.values())
     for account, state in held.items():
-        state.to_bytes()  # written: its held events kept as JSON
-        assert all(isinstance(event, bytes) for *_, event in state.held)
-        later.transitions += settle(state, state.latest_seen_ms, CONFIG, RULES)
+        stored.update(((account, number), raw) for number, raw in state.take_held_segments())
+        assert state.held == [] and state.held_segments
+        later.transitions += settle(state, state.latest_seen_ms, CONFIG, RULES, lambda a, n: held_events_of(stored[a, n]))
+        state.next_segment, state.released_segments = 0, []  # as the whole ones: no segments
     assert sorted(later.transitions, key=repr) == sorted(applied.transitions, key=repr)
     assert {a: s.to_bytes() for a, s in held.items()} == {a: s.to_bytes() for a, s in whole.items()}
 
