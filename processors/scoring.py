@@ -32,6 +32,7 @@ from typing import Any, Final
 import orjson
 
 from processors.chunks import json_arrays
+from processors.dedup import RecentIds
 
 if sys.version_info >= (3, 14):
     from compression import zstd
@@ -67,7 +68,7 @@ class AccountState:
     stage_since_ms: int = 0
     applied_upto: tuple[int, int] = (-1, -1)  # position of the last event absorbed
     origin_upto: dict[str, int] = field(default_factory=dict)  # "raw topic/partition" -> last raw offset absorbed
-    recent_ids: dict[int, int] = field(default_factory=dict)  # processors.dedup keys -> event time
+    recent_ids: RecentIds = field(default_factory=RecentIds)  # processors.dedup keys -> event time
     prune_ids_at: int = 0  # size of recent_ids that triggers the next prune
     last_engaged_ms: int = 0  # latest event that weighed something
     daily: dict[int, dict[str, int]] = field(default_factory=dict)  # UTC day -> type -> events
@@ -128,7 +129,7 @@ class AccountState:
         fields = orjson.loads(_json_of(raw))
         fields["applied_upto"] = tuple(fields["applied_upto"])
         recent_ids = fields.get("recent_ids", {})
-        fields["recent_ids"] = _unpack_ids(recent_ids) if isinstance(recent_ids, str) else {int(key): at for key, at in recent_ids.items()}
+        fields["recent_ids"] = _unpack_ids(recent_ids) if isinstance(recent_ids, str) else RecentIds((int(key), at) for key, at in recent_ids.items())
         daily = fields.get("daily", {})
         fields["daily"] = dict(daily) if isinstance(daily, list) else {int(day): counts for day, counts in daily.items()}
         fields["held"] = [_held_from_json(held) for held in fields.get("held", [])]
@@ -239,17 +240,18 @@ def held_events_of(raw: bytes) -> list[dict[str, Any]]:
     return events
 
 
-def _pack_ids(recent_ids: dict[int, int]) -> str:
+def _pack_ids(recent_ids: RecentIds) -> str:
     """De-duplication keys (unsigned 64-bit) and their event times, as base64 of two
     little-endian arrays: 40 % fewer bytes than JSON in the store and the changelog."""
-    keys, times = array("Q", list(recent_ids)), array("q", list(recent_ids.values()))
+    keys, times = recent_ids.arrays()
     if sys.byteorder == "big":
+        keys, times = array("Q", keys), array("q", times)
         keys.byteswap()
         times.byteswap()
     return b64encode(keys.tobytes() + times.tobytes()).decode()
 
 
-def _unpack_ids(packed: str) -> dict[int, int]:
+def _unpack_ids(packed: str) -> RecentIds:
     raw = b64decode(packed)
     keys, times = array("Q"), array("q")
     keys.frombytes(raw[: len(raw) // 2])
@@ -257,7 +259,7 @@ def _unpack_ids(packed: str) -> dict[int, int]:
     if sys.byteorder == "big":
         keys.byteswap()
         times.byteswap()
-    return dict(zip(keys, times))
+    return RecentIds(zip(keys, times))
 
 
 @dataclass(frozen=True, slots=True)

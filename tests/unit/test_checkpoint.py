@@ -15,6 +15,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from processors.accounts import settle
+from processors.dedup import RecentIds
 from processors.scoring import AccountState, as_held, held_events_of
 from streams.rules import DEFAULT_RULES, load_rules
 from streams.checkpoint import Checkpoint, CheckpointFailed
@@ -454,7 +455,7 @@ def test_a_state_too_large_for_its_changelog_stops_the_worker_naming_its_account
         async with checkpoint.lock:
             consume(checkpoint, states, sink, range(0, 2), account="quiet")
             consume(checkpoint, states, sink, range(2, 4), account="busy")
-            states.state_for("busy").recent_ids = {key: key for key in range(1_000)}  # 16 bytes each, in base64
+            states.state_for("busy").recent_ids = RecentIds((key, key) for key in range(1_000))  # 16 bytes each, in base64
             await checkpoint.commit_if_due()
             with pytest.raises(StateTooLarge, match="account 'busy' is 21,") as failure:
                 await checkpoint._finish_in_flight()

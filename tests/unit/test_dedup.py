@@ -9,7 +9,7 @@ import math
 from hypothesis import given, strategies as st
 
 from processors.accounts import fold_events
-from processors.dedup import MIN_PRUNE_SIZE, DedupPolicy, event_key, forget_old, seen_before
+from processors.dedup import MIN_MERGE_SIZE, MIN_PRUNE_SIZE, DedupPolicy, RecentIds, event_key, forget_old, seen_before
 from processors.scoring import DAY_MS, AccountState
 from streams.rules import load_rules
 
@@ -37,18 +37,36 @@ def test_key_depends_on_source_and_event_id_only():
 
 
 def test_seen_before_records_on_first_sight():
-    recent: dict[int, int] = {}
+    recent = RecentIds()
     assert seen_before(recent, 7, T0) is False
     assert seen_before(recent, 7, T0) is True
     assert recent == {7: T0}
 
 
 def test_forget_old_keeps_the_horizon_then_caps_by_age():
-    recent = {1: T0 - 49 * HOUR_MS, 2: T0 - 47 * HOUR_MS, 3: T0 - HOUR_MS, 4: T0}
+    recent = RecentIds({1: T0 - 49 * HOUR_MS, 2: T0 - 47 * HOUR_MS, 3: T0 - HOUR_MS, 4: T0})
     forget_old(recent, T0, DedupPolicy(horizon_ms=48 * HOUR_MS, max_ids=10))
     assert recent == {2: T0 - 47 * HOUR_MS, 3: T0 - HOUR_MS, 4: T0}
     forget_old(recent, T0, DedupPolicy(horizon_ms=48 * HOUR_MS, max_ids=2))
     assert recent == {3: T0 - HOUR_MS, 4: T0}
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1) | st.integers(0, 40), st.integers(0, 50)), max_size=3 * MIN_MERGE_SIZE), st.integers(0, 50), st.integers(1, 400))
+def test_recent_ids_remember_what_a_dict_would_and_forget_the_oldest_first(added, older_than, max_ids):
+    """Whatever merges happened between them: the same membership, times and size as a
+    dict, the same after its bytes; forgetting keeps the newest (at equal times, the larger ids)."""
+    recent, model = RecentIds(), {}
+    for key, at in added:
+        assert recent.add(key, at) is (key not in model)
+        model.setdefault(key, at)
+        assert key in recent and recent[key] == model[key] and len(recent) == len(model)
+    assert recent == model and sorted(recent) == sorted(model) and 2**64 not in recent
+    assert AccountState.from_bytes(AccountState("a1", recent_ids=recent).to_bytes()).recent_ids == model
+    recent.forget(older_than, max_ids)
+    kept = sorted((at, key) for key, at in model.items() if at >= older_than)
+    if len(kept) > max_ids:
+        kept = kept[len(kept) - (max_ids - max_ids // 8) :]
+    assert recent == {key: at for at, key in kept}
 
 
 def test_an_event_delivered_three_times_counts_once():
