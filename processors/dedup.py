@@ -94,8 +94,7 @@ class RecentIds(Mapping[int, int]):
         kept = [index for index, at in enumerate(times) if at >= older_than_ms]
         if len(kept) > max_ids:
             excess = len(kept) - (max_ids - max_ids // 8)
-            dropped = set(sorted(kept, key=times.__getitem__)[:excess])  # stable: by key at equal times
-            kept = [index for index in kept if index not in dropped]
+            kept = sorted(sorted(kept, key=times.__getitem__)[excess:])  # stable: by key at equal times
         if len(kept) < len(times):
             self._keys = array("Q", map(self._keys.__getitem__, kept))
             self._times = array("q", map(times.__getitem__, kept))
