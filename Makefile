@@ -5,8 +5,9 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: install demo test bench clean
 
-# Re-installs only when pyproject.toml changes; the package itself is editable.
-$(INSTALLED): pyproject.toml
+# Re-installs when pyproject.toml changes, and when processors/ does: the package is
+# editable, but processors/ runs compiled (setup.py).
+$(INSTALLED): pyproject.toml setup.py $(wildcard processors/*.py)
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "ABM Pulse needs Python >= 3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'

@@ -209,7 +209,7 @@ _APPLIED_FIELDS: Final = ("event_id", "source", "type", "occurred_at_ms", "conta
 
 
 def _applied_part(event: dict[str, Any]) -> dict[str, Any]:
-    applied = {name: event[name] for name in _APPLIED_FIELDS if name in event}
+    applied: dict[str, Any] = {name: event[name] for name in _APPLIED_FIELDS if name in event}
     if applied.get("contact_id"):  # the contact is its id when it has one
         applied.pop("email", None)
     return applied

@@ -121,7 +121,7 @@ def holds_until(state: AccountState, at_ms: int, rules: StageRules, config: Scor
     if needed <= 0:
         contacts_until = FOREVER
     elif len(state.contacts) >= needed:  # the needed-th most recent contact ages out last
-        contacts_until = sorted(state.contacts.values(), reverse=True)[needed - 1] + rules.contacts_window_ms
+        contacts_until = float(sorted(state.contacts.values(), reverse=True)[needed - 1] + rules.contacts_window_ms)  # float as its alternatives (mypyc)
     else:
         contacts_until = NEVER
     consideration = min(score_until, contacts_until)

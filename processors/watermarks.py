@@ -149,15 +149,7 @@ class FallbackSchedule:
         return transitions
 
     def _scan(self, held: _Partition, timings: Iterable[Timing]) -> None:
-        def entries() -> Iterator[Entry]:
-            for account_id, fallback_at_ms, first_held_ms, latest_seen_ms in timings:
-                if held.latest_from_states:
-                    held.latest = max(held.latest, latest_seen_ms)
-                at = _due(fallback_at_ms, first_held_ms)
-                if at:
-                    yield at, account_id
-
-        self._keep_nearest(held, entries())
+        self._keep_nearest(held, _scheduled(held, timings))
         held.latest_from_states = False
 
     def _keep_nearest(self, held: _Partition, entries: Iterable[Entry]) -> None:
@@ -171,6 +163,18 @@ class FallbackSchedule:
             held.horizon = EVERYTHING
         held.queue = nearest
         held.due = {account: int(at) for at, account in nearest}
+
+
+def _scheduled(held: _Partition, timings: Iterable[Timing]) -> Iterator[Entry]:
+    """The schedule entries of the states' timings; the partition's latest event time
+    follows them while it comes from the states. (Not nested in ``_scan``: mypyc
+    miscompiles a generator nested in a method.)"""
+    for account_id, fallback_at_ms, first_held_ms, latest_seen_ms in timings:
+        if held.latest_from_states:
+            held.latest = max(held.latest, latest_seen_ms)
+        at = _due(fallback_at_ms, first_held_ms)
+        if at:
+            yield at, account_id
 
 
 def _due(fallback_at_ms: int, first_held_ms: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -76,4 +77,5 @@ def transition_rows(transitions: Iterable[StageTransition]) -> list[Sequence[Any
 
 def transition_message(transition: StageTransition) -> tuple[bytes, bytes]:
     """Key and value of a transition on the stage-transitions topic: its fields as JSON."""
-    return transition.account_id.encode(), orjson.dumps(transition)
+    # asdict: orjson reads a dataclass's slots directly, which a mypyc-compiled class lacks (it crashed)
+    return transition.account_id.encode(), orjson.dumps(asdict(transition))

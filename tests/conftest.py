@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -18,6 +19,21 @@ from streams.settings import Settings
 # turn a slow first example into a failure.
 hypothesis_settings.register_profile("abm", deadline=None)
 hypothesis_settings.load_profile("abm")
+
+PROCESSORS = Path(__file__).resolve().parent.parent / "processors"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Python imports a compiled module (setup.py) before its source: one older than its
+    source would have the tests pass or fail on code that is no longer there."""
+    stale = [
+        source.name
+        for source in sorted(PROCESSORS.glob("*.py"))
+        for compiled in PROCESSORS.glob(f"{source.stem}.*.so")
+        if compiled.stat().st_mtime < source.stat().st_mtime
+    ]
+    if stale:
+        raise pytest.UsageError(f"processors/ compiled before its sources changed ({', '.join(stale)}): run `make install` (or pip install -e .)")
 
 
 @pytest.fixture(scope="session")
