@@ -12,6 +12,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import orjson
+
+from processors.accounts import Position
 from processors.chunks import json_arrays
 from processors.identity import AccountDirectory, account_partition, waiting_keys
 from processors.validation import Rejection, validate_event
@@ -91,3 +94,13 @@ def forwarded_messages(
     """The events as JSON arrays of at most ``max_events`` events and ``max_bytes`` bytes
     (a larger event goes alone), in order."""
     return (encoded for _, encoded in json_arrays(events, max_events, max_bytes))
+
+
+def forwarded_events(partition: int, offset: int, message: bytes) -> list[tuple[Position, dict[str, Any]]]:
+    """A forwarded message's events, each with its position (offset, index in the message)
+    for the account's replay check and, as ``_src``, for its row in ClickHouse."""
+    positioned: list[tuple[Position, dict[str, Any]]] = []
+    for index, event in enumerate(orjson.loads(message)):
+        event["_src"] = (partition, offset, index)
+        positioned.append(((offset, index), event))
+    return positioned

@@ -28,7 +28,7 @@ from clickhouse_connect.driver.client import Client
 
 from processors.dedup import DedupPolicy
 from processors.identity import AccountDirectory
-from processors.routing import EVENTS_PER_MESSAGE, LearnedContact, add_to_partition, attribute, forwarded_messages, keys_resolved_by, route_batch
+from processors.routing import EVENTS_PER_MESSAGE, LearnedContact, add_to_partition, attribute, forwarded_events, forwarded_messages, keys_resolved_by, route_batch
 from processors.validation import Rejection
 from schemas.events import TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, source_topics
 from streams.checkpoint import Checkpoint
@@ -314,13 +314,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
             await stored_ahead_known.wait()
             async with checkpoint.lock:
                 fresh = admit(messages)
-                forwarded = []
-                for message in fresh:
-                    positioned = []
-                    for index, event in enumerate(orjson.loads(message.value)):
-                        event["_src"] = (message.partition, message.offset, index)
-                        positioned.append(((message.offset, index), event))
-                    forwarded.append((message.partition, positioned))
+                forwarded = [(m.partition, forwarded_events(m.partition, m.offset, m.value)) for m in fresh]
                 folded = stage_clock.fold(forwarded)
                 sink.add(
                     "events",

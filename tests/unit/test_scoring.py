@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 from processors.accounts import fold_events, settle
 from processors.dedup import DedupPolicy, RecentIds
 from processors.identity import AccountDirectory, account_partition
-from processors.routing import EVENTS_PER_MESSAGE, forwarded_messages, route_batch
+from processors.routing import EVENTS_PER_MESSAGE, forwarded_events, forwarded_messages, route_batch
 from processors.rules import merged, parse_rules
 from processors.scoring import (
     DAY_MS, RETENTION_DAYS, SEGMENT_MAX_BYTES, AccountState, apply_event, as_held, engaged_contacts, held_events_of, rolling_counts, score_at,
@@ -125,6 +125,12 @@ def test_forwarded_messages_keep_every_event_in_order_within_their_limits(blob_s
     # small events are not split below the count limit
     if all(size < 20 for size in blob_sizes):
         assert len(messages) == -(-len(events) // max_events)
+    # the score agent's side: each event back with its position in its message
+    positioned = [item for offset, message in enumerate(messages, start=100) for item in forwarded_events(3, offset, message)]
+    expected = [(offset, index) for offset, chunk in enumerate(chunks, start=100) for index in range(len(chunk))]
+    assert [position for position, _ in positioned] == expected
+    assert [event.pop("_src") for _, event in positioned] == [(3, *position) for position in expected]
+    assert [event for _, event in positioned] == events
 
 
 def test_forwarded_messages_default_to_500_events_and_cut_a_large_chunk_in_halves():
