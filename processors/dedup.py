@@ -47,10 +47,10 @@ class RecentIds(Mapping[int, int]):
     __slots__ = ("_keys", "_times", "_added")
 
     def __init__(self, pairs: Mapping[int, int] | Iterable[tuple[int, int]] = ()) -> None:
-        self._keys = array("Q")
-        self._times = array("q")
-        self._added: dict[int, int] = dict(pairs)
-        self._merge()
+        items = sorted(dict(pairs).items())
+        self._keys = array("Q", [key for key, _ in items])
+        self._times = array("q", [at for _, at in items])
+        self._added: dict[int, int] = {}
 
     def _index(self, key: int) -> int:
         """The key's index in the merged arrays; -1 when not there."""
@@ -105,13 +105,24 @@ class RecentIds(Mapping[int, int]):
         return self._keys, self._times
 
     def _merge(self) -> None:
+        """Inserts the added ids into the arrays: slices of the arrays between them are
+        copied whole, so no more than the new arrays is built (a dict of every id was
+        ~27 MiB for an account at the cap)."""
         if not self._added:
             return
-        merged = dict(zip(self._keys, self._times))
-        merged.update(self._added)
-        keys = sorted(merged)  # the merged ones are one sorted run: ~linear
-        self._keys = array("Q", keys)
-        self._times = array("q", map(merged.__getitem__, keys))
+        keys, times = self._keys, self._times
+        merged_keys, merged_times = array("Q"), array("q")
+        start = 0
+        for key, at in sorted(self._added.items()):  # never in the arrays: add() checked
+            index = bisect_left(keys, key, start)
+            merged_keys += keys[start:index]
+            merged_times += times[start:index]
+            merged_keys.append(key)
+            merged_times.append(at)
+            start = index
+        merged_keys += keys[start:]
+        merged_times += times[start:]
+        self._keys, self._times = merged_keys, merged_times
         self._added = {}
 
 
