@@ -25,4 +25,4 @@ bench: $(INSTALLED)
 	$(VENV)/bin/python -m tests.bench.bench_throughput
 
 clean:
-	rm -rf $(VENV) .abm *.egg-info
+	rm -rf $(VENV) .abm *.egg-info build abm_processors__mypyc*.so processors/*.so
