@@ -1,5 +1,5 @@
 """Compiles processors/ (the per-event domain logic) to C extensions with mypyc: the
-hot path runs ~1.3-1.6x faster than interpreted (README, Performance). Set
+worker spends 5-17 % less CPU per event than interpreted (README, Performance). Set
 ABM_PURE_PYTHON=1 at install time to skip it (no C compiler; or to compare)."""
 
 import os
