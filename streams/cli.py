@@ -7,6 +7,7 @@ import logging
 import click
 
 from deploy.local.kafka import kafka_group
+from streams.compiled import stale_compiled_message, stale_compiled_modules
 from streams.settings import Settings
 from streams.simulator import simulate_command
 
@@ -17,6 +18,9 @@ def main() -> None:
 
     Configuration comes from ABM_* environment variables (see README.md).
     """
+    stale = stale_compiled_modules()
+    if stale:
+        raise click.ClickException(stale_compiled_message(stale))
 
 
 @main.command()

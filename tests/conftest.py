@@ -6,13 +6,13 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 from hypothesis import settings as hypothesis_settings
 
 from deploy.local.kafka import LocalKafka, free_ports
+from streams.compiled import stale_compiled_message, stale_compiled_modules
 from streams.settings import Settings
 
 # Property tests assert outcomes, not speed: a cold import or a busy CI machine must not
@@ -20,20 +20,11 @@ from streams.settings import Settings
 hypothesis_settings.register_profile("abm", deadline=None)
 hypothesis_settings.load_profile("abm")
 
-PROCESSORS = Path(__file__).resolve().parent.parent / "processors"
-
-
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Python imports a compiled module (setup.py) before its source: one older than its
-    source would have the tests pass or fail on code that is no longer there."""
-    stale = [
-        source.name
-        for source in sorted(PROCESSORS.glob("*.py"))
-        for compiled in PROCESSORS.glob(f"{source.stem}.*.so")
-        if compiled.stat().st_mtime < source.stat().st_mtime
-    ]
+    """Tests must not pass or fail on code that is no longer there (streams.compiled)."""
+    stale = stale_compiled_modules()
     if stale:
-        raise pytest.UsageError(f"processors/ compiled before its sources changed ({', '.join(stale)}): run `make install` (or pip install -e .)")
+        raise pytest.UsageError(stale_compiled_message(stale))
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """processors/ runs compiled by mypyc (setup.py) unless installed with ABM_PURE_PYTHON=1:
-an install that silently fell back to the interpreter would lose its speed unnoticed."""
+an install that silently fell back to the interpreter would lose its speed unnoticed; and
+nothing runs on compiled modules older than their sources."""
 
 from __future__ import annotations
 
@@ -8,9 +9,15 @@ import os
 import pkgutil
 from importlib.machinery import EXTENSION_SUFFIXES
 
+from pathlib import Path
+
 import pytest
+from click.testing import CliRunner
 
 import processors
+from streams import compiled
+from streams.cli import main
+from streams.compiled import stale_compiled_modules
 
 MODULES = sorted(f"processors.{info.name}" for info in pkgutil.iter_modules(processors.__path__))
 
@@ -20,3 +27,40 @@ MODULES = sorted(f"processors.{info.name}" for info in pkgutil.iter_modules(proc
 def test_every_processors_module_is_compiled(name: str) -> None:
     module = importlib.import_module(name)
     assert module.__file__ is not None and module.__file__.endswith(tuple(EXTENSION_SUFFIXES)), module.__file__
+
+
+def _checkout(root: Path, *, compiled_first: bool, with_pyproject: bool = True) -> Path:
+    """processors/ of a checkout whose module was compiled before (or after) its source was written."""
+    directory = root / "processors"
+    directory.mkdir()
+    if with_pyproject:
+        (root / "pyproject.toml").write_text("")
+    source, compiled = directory / "scoring.py", directory / f"scoring{EXTENSION_SUFFIXES[0]}"
+    source.write_text("")
+    compiled.write_bytes(b"")
+    earlier, later = (compiled, source) if compiled_first else (source, compiled)
+    os.utime(earlier, (1_000_000, 1_000_000))
+    os.utime(later, (2_000_000, 2_000_000))
+    return directory
+
+
+def test_a_module_compiled_before_its_source_changed_is_stale(tmp_path: Path) -> None:
+    assert stale_compiled_modules(_checkout(tmp_path, compiled_first=True)) == ["scoring.py"]
+
+
+def test_a_module_compiled_after_its_source_is_current(tmp_path: Path) -> None:
+    assert stale_compiled_modules(_checkout(tmp_path, compiled_first=False)) == []
+
+
+def test_an_installed_package_is_not_checked(tmp_path: Path) -> None:
+    assert stale_compiled_modules(_checkout(tmp_path, compiled_first=True, with_pyproject=False)) == []
+
+
+def test_the_command_line_refuses_stale_compiled_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compiled, "PROCESSORS", _checkout(tmp_path, compiled_first=True))
+    result = CliRunner().invoke(main, ["kafka", "--help"])
+    assert result.exit_code == 1
+    assert "compiled before its sources changed (scoring.py)" in result.output
+    (tmp_path / "current").mkdir()
+    monkeypatch.setattr(compiled, "PROCESSORS", _checkout(tmp_path / "current", compiled_first=False))
+    assert CliRunner().invoke(main, ["kafka", "--help"]).exit_code == 0

@@ -1,0 +1,30 @@
+"""Compiled processors/ (setup.py) in a source checkout: Python imports a module's
+compiled extension before its source, so an extension older than its source runs code
+that is no longer there, silently. The tests and the command line refuse to start then."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import processors
+
+PROCESSORS = Path(processors.__file__ or "").resolve().parent
+
+
+def stale_compiled_modules(directory: Path | None = None) -> list[str]:
+    """The sources in ``directory`` (processors/) changed since they were compiled. Only a source
+    checkout (an editable install, next to pyproject.toml) is checked: an installed
+    wheel's files carry the times they were unpacked at, in no particular order."""
+    directory = directory or PROCESSORS
+    if not (directory.parent / "pyproject.toml").exists():
+        return []
+    return [
+        source.name
+        for source in sorted(directory.glob("*.py"))
+        for compiled in directory.glob(f"{source.stem}.*.so")
+        if compiled.stat().st_mtime < source.stat().st_mtime
+    ]
+
+
+def stale_compiled_message(stale: list[str]) -> str:
+    return f"processors/ compiled before its sources changed ({', '.join(stale)}): run `make install` (or pip install -e .)"
