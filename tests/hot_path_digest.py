@@ -1,0 +1,149 @@
+"""Runs processors/ over a fixed simulated stream and prints a digest of everything it
+derives: routing (rejections, waiting keys, forwarded bytes), folding (applied events,
+duplicates, stage transitions), held events in stored segments, and every account's
+stored state at each checkpoint.
+
+``--pure`` imports processors/ from its sources, past the compiled extensions
+(setup.py): tests/unit/test_compiled.py compares both runs, so the interpreted code a
+machine without a C compiler runs (ABM_PURE_PYTHON=1) derives exactly what CI's
+compiled code does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.util
+import random
+import sys
+from dataclasses import asdict
+from datetime import UTC, datetime
+from importlib.machinery import ModuleSpec
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Sequence
+
+import orjson
+
+PROCESSORS = Path(__file__).resolve().parent.parent / "processors"
+PARTITIONS = 4
+BATCH = 1_000
+LATENESS_MS = 5 * 60_000
+MAX_HELD = 40  # low: busy accounts move their held events to segments and read them back
+START = datetime(2026, 9, 1, tzinfo=UTC)
+RECEIVED_AT_MS = int(datetime(2026, 12, 1, tzinfo=UTC).timestamp() * 1000)
+
+
+class SourceFinder(importlib.abc.MetaPathFinder):
+    """Finds processors and its modules as .py sources only."""
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None) -> ModuleSpec | None:
+        if fullname == "processors":
+            return importlib.util.spec_from_file_location(fullname, PROCESSORS / "__init__.py", submodule_search_locations=[str(PROCESSORS)])
+        if fullname.startswith("processors."):
+            return importlib.util.spec_from_file_location(fullname, PROCESSORS / f"{fullname.removeprefix('processors.')}.py")
+        return None
+
+
+def raw_stream(events: int) -> list[bytes | None]:
+    """Simulated events as sent, with what real sources add: events that must wait for
+    the directory or resolve by a domain, some arriving minutes late, repeats, bad input."""
+    from streams.simulator import encode, iter_events
+
+    rng = random.Random(7)
+    raw: list[bytes | None] = []
+    for event in iter_events(accounts=60, expected_events=events, count=events, start=START, history_days=20):
+        if rng.random() < 0.3:
+            event.pop("account_id", None)
+        raw.append(encode(event))
+    for _ in range(events // 50):  # late: moved up to ~300 positions on
+        index = rng.randrange(len(raw) - 1)
+        raw.insert(min(len(raw), index + rng.randrange(1, 300)), raw.pop(index))
+    raw += rng.sample(raw, events // 20)  # repeats, near the end
+    for bad in (None, b"", b"{", b"[]", b'{"type":"email_open"}', b'{"schema_version":1,"type":"nope"}'):
+        raw.insert(rng.randrange(len(raw)), bad)
+    return raw
+
+
+def digest(events: int) -> dict[str, Any]:
+    from processors.dedup import DedupPolicy
+    from processors.identity import AccountDirectory, account_partition
+    from processors.routing import forwarded_events, forwarded_messages, route_batch
+    from processors.scoring import AccountState, held_events_of
+    from processors.watermarks import FallbackSchedule, fold_messages
+    from streams.rules import load_rules
+    from streams.simulator import AccountUniverse
+
+    dedup = DedupPolicy(horizon_ms=48 * 3_600_000, max_ids=2_000)
+    config, rules = load_rules(None, 14 * 86_400_000, dedup.horizon_ms)
+    directory = AccountDirectory(max_contacts=10_000)
+    for account in AccountUniverse.build(42, 60).accounts[:45]:  # the rest wait
+        directory.learn_account(account.account_id, [account.domain])
+    states: dict[str, AccountState] = {}
+    segments: dict[tuple[str, int], bytes] = {}
+    schedule = FallbackSchedule(PARTITIONS, LATENESS_MS, capacity=1_000)
+    schedule.reset(set(range(PARTITIONS)), {p: -1 for p in range(PARTITIONS)})
+    offsets = dict.fromkeys(range(PARTITIONS), 0)
+    sha = hashlib.sha256()
+    counts = {"applied": 0, "duplicates": 0, "transitions": 0, "rejected": 0, "unresolved": 0, "segments": 0}
+
+    def state_for(account_id: str) -> AccountState:
+        state = states.get(account_id)
+        if state is None:
+            state = states[account_id] = AccountState(account_id)
+        return state
+
+    def stored_held(account_id: str, number: int) -> list[dict[str, Any]]:
+        return held_events_of(segments.pop((account_id, number)))
+
+    raw = raw_stream(events)
+    for start in range(0, len(raw), BATCH):
+        batch = raw[start : start + BATCH]
+        routed = route_batch(batch, [("raw", 0, start + i) for i in range(len(batch))], RECEIVED_AT_MS, PARTITIONS, directory)
+        for index, rejection in routed.rejected:
+            sha.update(orjson.dumps([index, rejection.reason.value, rejection.message]))
+        for index, _, waiting_on in routed.unresolved:
+            sha.update(orjson.dumps([index, waiting_on]))
+        sha.update(orjson.dumps([routed.learned_contacts, routed.valid_by_type]))
+        counts["rejected"] += len(routed.rejected)
+        counts["unresolved"] += len(routed.unresolved)
+        messages = []
+        for partition in sorted(routed.by_partition):
+            for message in forwarded_messages(routed.by_partition[partition], max_events=100):
+                sha.update(message)
+                messages.append((partition, forwarded_events(partition, offsets[partition], message)))
+                offsets[partition] += 1
+        folded = fold_messages(
+            messages,
+            state_for,
+            lambda p: [s.timing() for a, s in states.items() if account_partition(a, PARTITIONS) == p],
+            schedule,
+            config,
+            rules,
+            dedup,
+            MAX_HELD,
+            stored_held,
+        )
+        sha.update(orjson.dumps([event["_src"] for event in folded.applied]))
+        sha.update(orjson.dumps([asdict(transition) for transition in folded.transitions]))
+        counts["applied"] += len(folded.applied)
+        counts["duplicates"] += folded.duplicates
+        counts["transitions"] += len(folded.transitions)
+        for account_id in sorted(states):  # a checkpoint: segments, then every state as stored
+            state = states[account_id]
+            for number, stored in state.take_held_segments():
+                segments[(account_id, number)] = stored
+                sha.update(stored)
+                counts["segments"] += 1
+            stored_state = state.to_bytes()
+            sha.update(stored_state)
+            states[account_id] = AccountState.from_bytes(stored_state)
+    return {"digest": sha.hexdigest(), **counts}
+
+
+if __name__ == "__main__":
+    if "--pure" in sys.argv:
+        sys.meta_path.insert(0, SourceFinder())
+    import processors.scoring
+
+    print(orjson.dumps({"scoring_module": processors.scoring.__file__, **digest(int(sys.argv[-1]))}).decode())
