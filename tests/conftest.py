@@ -20,6 +20,7 @@ from streams.settings import Settings
 hypothesis_settings.register_profile("abm", deadline=None)
 hypothesis_settings.load_profile("abm")
 
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Tests must not pass or fail on code that is no longer there (streams.compiled)."""
     stale = stale_compiled_modules()

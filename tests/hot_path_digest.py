@@ -16,15 +16,17 @@ import importlib.abc
 import importlib.util
 import random
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 import orjson
 
+# not streams.compiled.PROCESSORS: importing it would import processors/ before --pure can choose
 PROCESSORS = Path(__file__).resolve().parent.parent / "processors"
 PARTITIONS = 4
 BATCH = 1_000
