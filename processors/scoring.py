@@ -259,7 +259,7 @@ def _unpack_ids(packed: str) -> RecentIds:
     if sys.byteorder == "big":
         keys.byteswap()
         times.byteswap()
-    return RecentIds(zip(keys, times))
+    return RecentIds.from_arrays(keys, times)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from array import array
 
 from hypothesis import given, strategies as st
 
@@ -67,6 +68,19 @@ def test_recent_ids_remember_what_a_dict_would_and_forget_the_oldest_first(added
     if len(kept) > max_ids:
         kept = kept[len(kept) - (max_ids - max_ids // 8) :]
     assert recent == {key: at for at, key in kept}
+
+
+@given(st.dictionaries(st.integers(0, 2**64 - 1), st.integers(0, 2**62), max_size=300), st.randoms(use_true_random=False))
+def test_recent_ids_from_stored_arrays_in_any_order_find_every_id(pairs, rnd):
+    """A state's ids load as their arrays (ascending); arrays in another order (not ours:
+    a damaged or foreign state) are sorted rather than trusted, so no id is missed."""
+    shuffled = list(pairs.items())
+    rnd.shuffle(shuffled)
+    keys, times = array("Q", [key for key, _ in shuffled]), array("q", [at for _, at in shuffled])
+    recent = RecentIds.from_arrays(keys, times)
+    assert recent == pairs and all(key in recent for key in pairs)
+    assert list(recent.arrays()[0]) == sorted(pairs)
+    assert recent.add(2**64 - 1, 0) is (2**64 - 1 not in pairs)
 
 
 def test_an_event_delivered_three_times_counts_once():
