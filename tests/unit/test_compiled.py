@@ -10,7 +10,6 @@ import pkgutil
 import subprocess
 import sys
 from importlib.machinery import EXTENSION_SUFFIXES
-
 from pathlib import Path
 
 import orjson
