@@ -202,9 +202,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
             for chunk in forwarded_messages(bucket):
                 await checkpoint.send(by_account_topic.get_topic_name(), None, chunk, partition)
             stats.forwarded += len(bucket)
-        for contact_id, email, account_id in learned:
-            key, value = contact_record(contact_id, email, account_id)
-            await checkpoint.send(contacts_topic, key, value)
+        await checkpoint.send_keyed(contacts_topic, [contact_record(*contact) for contact in learned])
         stats.contacts_learned += len(learned)
 
     async def dead_letter(message: Any, rejection: Rejection) -> None:
@@ -294,10 +292,8 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
                 )
                 for index, rejection in routed.rejected:
                     await dead_letter(fresh[index], rejection)
-                for index, event, waiting_on in routed.unresolved:
-                    await checkpoint.send(unresolved, (waiting_on or "").encode(), orjson.dumps(event))
-                    if waiting_on:
-                        waiting.add(waiting_on)
+                await checkpoint.send_keyed(unresolved, [((waiting_on or "").encode(), orjson.dumps(event)) for _, event, waiting_on in routed.unresolved])
+                waiting.update(waiting_on for _, _, waiting_on in routed.unresolved if waiting_on)
                 sink.add("unresolved_events", [unresolved_row(event, waiting_on) for _, event, waiting_on in routed.unresolved])
                 await forward(routed.by_partition, routed.learned_contacts)
                 stats.raw_in += len(fresh)

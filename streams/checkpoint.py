@@ -58,6 +58,7 @@ from typing import Any, NamedTuple
 
 from aiokafka.structs import OffsetAndMetadata
 
+from streams.keyed import KeyedRecord, by_partition, filled_batches
 from streams.offsets import OffsetGuard
 from streams.sink import ClickHouseSink, TableBuffer
 from processors.scoring import AccountState
@@ -140,6 +141,18 @@ class Checkpoint:
         """Sends a record derived from the events being processed; the offsets of those
         events are committed only once the broker has acknowledged it."""
         self._sent.append(await self._app.producer.send(topic, key, value, partition, None, headers))
+
+    async def send_keyed(self, topic: str, records: Sequence[KeyedRecord]) -> None:
+        """``send`` for many keyed records at once, in one batch per partition (a third of
+        the cost a record, streams.keyed), each partitioned by its key as Kafka's default
+        partitioner does (as ``send`` without a partition)."""
+        if not records:
+            return
+        producer = self._app.producer._ensure_producer()  # aiokafka's
+        partitions = len(await producer.partitions_for(topic))
+        for partition, keyed in by_partition(records, partitions).items():
+            for batch in filled_batches(producer.create_batch, keyed):
+                self._sent.append(await producer.send_batch(batch, topic, partition=partition))
 
     async def wait_sent(self) -> None:
         """Waits for the broker's acknowledgement of every record sent so far."""

@@ -116,9 +116,7 @@ class StageClock:
     async def emit(self, transitions: list[StageTransition]) -> None:
         """To ClickHouse (buffered) and Kafka; the caller holds the checkpoint lock."""
         self._sink.add("stage_transitions", transition_rows(transitions))
-        for transition in transitions:
-            key, value = transition_message(transition)
-            await self._checkpoint.send(self._transitions_topic, key, value)
+        await self._checkpoint.send_keyed(self._transitions_topic, [transition_message(t) for t in transitions])
         self._stats.transitions += len(transitions)
         moves = Counter(f"{t.from_stage}->{t.to_stage}" for t in transitions)
         self._stats.add_counts(self._stats.transitions_by_stages, moves)

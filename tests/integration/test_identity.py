@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from schemas.events import EVENT_TYPES, TOPIC_ACCOUNTS, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS
+from streams.keyed import default_partition
 from streams.topics import prepare_topics
 from tests.integration.support import NO_LATENESS, consume_all, isolated_settings, produce, query, start_worker
 
@@ -107,6 +108,9 @@ def test_directory_domains_sticky_contacts_and_late_resolution(kafka_bootstrap, 
     ]
     learned = asyncio.run(consume_all(kafka_bootstrap, settings.topic(TOPIC_CONTACTS), 1, timeout_s=10))
     assert {orjson.loads(m.value)["account_id"] for m in learned if m.key != b"c-bad"} == {"acct-known", "acct-later"}
+    assert {b"c-1", b"email:ann@later.co.uk"} <= {m.key for m in learned}
+    # sent in batches: each in its key's partition, as any other producer of the topic puts it
+    assert [m.partition for m in learned] == [default_partition(m.key, settings.topic_partitions) for m in learned]
 
 
 def test_contact_titles_and_an_override_rules_file_weigh_events(kafka_bootstrap, tmp_path):

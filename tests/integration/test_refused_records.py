@@ -24,7 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from processors.scoring import SEGMENT_MAX_BYTES, AccountState, held_events_of, held_segment_key, zstd
-from schemas.events import EVENT_TYPES, MAX_EVENT_BYTES, TOPIC_BY_ACCOUNT, TOPIC_DEAD_LETTERS, TOPIC_STAGE_TRANSITIONS, TOPIC_UNRESOLVED
+from schemas.events import EVENT_TYPES, MAX_EVENT_BYTES, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_STAGE_TRANSITIONS, TOPIC_UNRESOLVED
 from streams.kafka_admin import TOPIC_OVERRIDE, ensure_topics
 from streams.simulator import encode, iter_events, produce_events
 from streams.topics import DEAD_LETTER_PART_BYTES, OUTPUT_MESSAGE_MAX_BYTES, consumed_topics, prepare_topics, state_changelog_topic
@@ -45,18 +45,20 @@ def configure(local_kafka, topic: str, change: str, setting: str) -> None:
     )
 
 
-@pytest.mark.parametrize("refusing", ["forwarded events", "account states"])
+@pytest.mark.parametrize("refusing", ["forwarded events", "learned contacts", "account states"])
 def test_a_refused_record_stops_the_worker_and_a_restart_loses_nothing(local_kafka, tmp_path, refusing):
     settings = isolated_settings(local_kafka.bootstrap, tmp_path / "abm")
     by_account = settings.topic(TOPIC_BY_ACCOUNT)
-    # forwarded events are sent by the ingest agent; account states by the checkpoint
-    topic = by_account if refusing == "forwarded events" else state_changelog_topic(settings)
+    # forwarded events and learned contacts (in batches of their own) are sent by the
+    # ingest agent; account states by the checkpoint. The second run's contacts have new
+    # emails: learned again.
+    topic = {"forwarded events": by_account, "learned contacts": settings.topic(TOPIC_CONTACTS)}.get(refusing, state_changelog_topic(settings))
     worker = start_worker(settings, "first")
     try:
         counts = Counter(asyncio.run(produce_events(settings, accounts=60, contacts_per_account=3, rate=None, duration_s=None, count=3_000, seed=61)))
         worker.wait_drained(timeout_s=120)
         # refused forwards hold back the raw events' offsets; refused states, the forwarded events'
-        held_back = consumed_topics(settings) if refusing == "forwarded events" else [by_account]
+        held_back = [by_account] if refusing == "account states" else consumed_topics(settings)
         before = committed_offsets(settings, held_back)
 
         configure(local_kafka, topic, "--add-config", "max.message.bytes=64")  # every batch is larger
