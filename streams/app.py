@@ -42,7 +42,7 @@ from streams.rules import load_rules
 from streams.settings import Settings
 from streams.sink import ACCOUNT_COLUMNS, DEAD_LETTER_COLUMNS, EVENT_COLUMNS, TRANSITION_COLUMNS, ClickHouseSink
 from streams.staging import StageClock
-from streams.state import AccountStates
+from streams.state import AccountStates, TableChangelog
 from streams.store import dead_lettered_positions, rebuild_derived, stored_event_positions
 from streams.topics import DEAD_LETTER_PART_BYTES, OUTPUT_MESSAGE_MAX_BYTES, OUTPUT_TOPIC_CONFIGS, STATE_MAX_BYTES, STATE_TABLE, consumed_topics
 from streams.unresolved import RESOLUTION_COLUMNS, UNRESOLVED_COLUMNS, pending_events, resolution_row, unresolved_row, waiting_domains
@@ -151,7 +151,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
         extra_topic_configs=OUTPUT_TOPIC_CONFIGS,
     )
 
-    states = AccountStates(table, partitions, max_cached=settings.state_cache_accounts, max_bytes=STATE_MAX_BYTES)
+    states = AccountStates(table, TableChangelog(table), partitions, max_cached=settings.state_cache_accounts, max_bytes=STATE_MAX_BYTES)
     latencies = EventLatencies()
     sink = ClickHouseSink(
         client,

@@ -264,10 +264,9 @@ class Checkpoint:
         token = _dedup_token(self._run_id, batch.consumed) if batch.consumed else uuid.uuid4().hex
         await self._sink.write(batch.rows, token)
         # 2. write state changelogs
-        changelog_acks = self._states.write(batch.states)
+        changelog_acks = await self._states.write(batch.states)
         # 3. flush the producer, and wait for every record: a refused one fails its future
-        # only, and Faust's flush of its own buffer (where changelog records wait) gives
-        # up once 0.1 s pass without a send
+        # only, and a flush returns with batches still unacknowledged
         await self._app.producer.flush()
         await _acknowledged(batch.sent)
         await _acknowledged(changelog_acks)

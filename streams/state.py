@@ -14,12 +14,17 @@ still written."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Awaitable, Iterator
 from itertools import islice, takewhile
 from typing import Any
 
+from faust.types import TP
+
 from processors.identity import account_partition
 from processors.scoring import AccountState, Timing, held_events_of, held_segment_key, is_held_segment_key
+from streams.keyed import KeyedRecord, filled_batches
 
 StateChange = tuple[int, bytes, bytes | None]  # partition, key, the state's or segment's bytes (None: delete)
 
@@ -28,9 +33,38 @@ class StateTooLarge(RuntimeError):
     """An account's state is larger than one changelog record takes, even compressed."""
 
 
-class AccountStates:
-    def __init__(self, table: Any, partitions: int, max_cached: int, max_bytes: int) -> None:
+class TableChangelog:
+    """Writes records to a Faust table's changelog topic in one producer batch per
+    partition, and then, as Faust's ``send_changelog`` does for each record, keeps the
+    table store's persisted offset (where a restart resumes reading the changelog).
+
+    Faust's route cost ~50 µs a record on the event loop (a FutureMessage, its buffer,
+    sensors, the store's offset written per record); with traffic spread over many
+    accounts, a worker wrote about one state for every two events."""
+
+    def __init__(self, table: Any) -> None:
         self._table = table
+
+    async def write(self, partition: int, records: list[KeyedRecord]) -> list[Awaitable[Any]]:
+        """The partition's records in order; returns each batch's acknowledgement by the broker."""
+        producer = self._table.app.producer._ensure_producer()  # aiokafka's
+        tp = TP(self._table.changelog_topic.get_topic_name(), partition)
+        acks = []
+        for batch in filled_batches(producer.create_batch, records):
+            ack = await producer.send_batch(batch, tp.topic, partition=partition)
+            ack.add_done_callback(functools.partial(self._persisted, tp, batch.record_count()))
+            acks.append(ack)
+        return acks
+
+    def _persisted(self, tp: TP, records: int, ack: asyncio.Future[Any]) -> None:
+        if not ack.cancelled() and ack.exception() is None:  # a failure stops the worker (streams.checkpoint)
+            self._table.data.set_persisted_offset(tp, ack.result().offset + records - 1)
+
+
+class AccountStates:
+    def __init__(self, table: Any, changelog: Any, partitions: int, max_cached: int, max_bytes: int) -> None:
+        self._table = table
+        self._changelog = changelog  # TableChangelog, or what records its calls in tests
         self._partitions = partitions
         self._max_cached = max_cached
         self._max_bytes = max_bytes
@@ -137,18 +171,18 @@ class AccountStates:
         self._unwritten = set()
         return changes
 
-    def write(self, changes: list[StateChange]) -> list[Awaitable[Any]]:
-        """To the table's store and changelog topic; returns each changelog record's
-        acknowledgement by the broker (Faust's producer buffer sends them on its own)."""
+    async def write(self, changes: list[StateChange]) -> list[Awaitable[Any]]:
+        """To the table's store and changelog topic; returns the broker's acknowledgements
+        of the changelog records."""
         for _, key, value in changes:
             if value is not None and len(value) > self._max_bytes:
                 raise StateTooLarge(_too_large(key, value, self._max_bytes))
-        sent = []
+        by_partition: dict[int, list[KeyedRecord]] = {}
         for partition, key, value in changes:
             _put_in_store(self._table, partition, key, value)
             self._unstored.pop(key, None)
-            sent.append(self._table.send_changelog(partition, key, value))
-        return sent
+            by_partition.setdefault(partition, []).append((key, value))
+        return [ack for partition, records in by_partition.items() for ack in await self._changelog.write(partition, records)]
 
     def forget(self) -> None:
         """Drop the in-memory copies: after a revocation the table is the truth again."""

@@ -12,13 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import rocksdict
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy.local.kafka import free_port
 from deploy.local.worker_process import WorkerProcess
+from streams.kafka_admin import topic_partitions
 from streams.lag import group_lag
 from streams.settings import Settings
-from streams.topics import consumed_topics, prepare_topics
+from streams.topics import STATE_TABLE, consumed_topics, prepare_topics, state_changelog_topic
 
 
 def isolated_settings(bootstrap: str, data_dir: Path, **overrides: object) -> Settings:
@@ -59,6 +62,41 @@ def committed_offsets(settings: Settings, topics: list[str] | None = None) -> di
     """The group's committed offset of every partition of ``topics`` (all it consumes by default)."""
     lags = asyncio.run(group_lag(settings.kafka_bootstrap, settings.app_id, topics or consumed_topics(settings)))
     return {(item.topic, item.partition): item.committed for item in lags}
+
+
+def persisted_changelog_offsets(settings: Settings) -> dict[int, int]:
+    """Per partition of the stopped worker's table store: the last changelog offset it says
+    it holds (Faust's offset key in each partition's RocksDB), where a restart resumes."""
+    offsets = {}
+    for path in settings.faust_dir.rglob(f"{STATE_TABLE}-*.db"):
+        db = rocksdict.Rdict(str(path), options=rocksdict.Options(raw_mode=True), access_type=rocksdict.AccessType.read_only())
+        try:
+            raw = db.get(b"__faust\0offset__")
+        finally:
+            db.close()
+        if raw is not None:
+            offsets[int(path.stem.rpartition("-")[2])] = int(raw)
+    return offsets
+
+
+def changelog_end_offsets(settings: Settings) -> dict[int, int]:
+    """Per partition of the account-state changelog that holds records: its end offset."""
+
+    async def ends() -> dict[int, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            partitions = await topic_partitions(admin, [state_changelog_topic(settings)])
+        finally:
+            await admin.close()
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            return {tp.partition: end for tp, end in (await consumer.end_offsets(partitions)).items() if end > 0}
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(ends())
 
 
 def drain_with_new_worker(settings: Settings, name: str, timeout_s: float = 180) -> None:

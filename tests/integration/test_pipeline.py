@@ -26,7 +26,8 @@ from deploy.local.kafka import free_port
 from streams.lag import group_lag
 from streams.staging import WATERMARK_METADATA
 from tests.integration.support import (
-    assert_store_exact, consume_all, drain_with_new_worker, isolated_settings, produce, query, start_worker, store_commands,
+    assert_store_exact, changelog_end_offsets, consume_all, drain_with_new_worker, isolated_settings, persisted_changelog_offsets, produce,
+    query, start_worker, store_commands,
 )
 
 pytestmark = pytest.mark.integration
@@ -104,6 +105,9 @@ def test_known_events_give_exact_counts_scores_stages_and_dead_letters(kafka_boo
             worker.wait_drained(timeout_s=90)
     finally:
         assert worker.stop() == 0, worker.log_tail()
+    # the table store says it holds every changelog record written: a restart reads none again
+    changelog_ends = changelog_end_offsets(settings)
+    assert changelog_ends and persisted_changelog_offsets(settings) == {p: end - 1 for p, end in changelog_ends.items()}
 
     counts = {r["account_id"]: r["n"] for r in query(settings, "SELECT account_id, count() AS n FROM events GROUP BY account_id")}
     assert counts == {"acct-a": 6, "acct-b": 3, "acct-c": 1}

@@ -61,10 +61,14 @@ class KafkaSide:
         self.journal.append(f"sent {topic} {value.decode()}")
         return asyncio.create_task(self._acknowledge(value))
 
-    def send_changelog(self, partition: int, key: bytes, value: bytes | None) -> asyncio.Task[None]:
-        self.journal.append(f"changelog {key.decode(errors='backslashreplace')}{' deleted' if value is None else ''}")
-        self.changelog.append((key, value))
-        return asyncio.create_task(self._acknowledge(key))
+    async def write(self, partition: int, records: list[tuple[bytes, bytes | None]]) -> list[asyncio.Task[None]]:
+        """The table's changelog (streams.state.TableChangelog)."""
+        acks = []
+        for key, value in records:
+            self.journal.append(f"changelog {key.decode(errors='backslashreplace')}{' deleted' if value is None else ''}")
+            self.changelog.append((key, value))
+            acks.append(asyncio.create_task(self._acknowledge(key)))
+        return acks
 
     async def _acknowledge(self, key: bytes) -> None:
         await self.acks.wait()
@@ -107,7 +111,7 @@ def protocol(
         return written
 
     sink.write = journaled_write  # type: ignore[method-assign]
-    states = AccountStates(SimpleNamespace(data=kafka.data, send_changelog=kafka.send_changelog), partitions=1, max_cached=max_cached, max_bytes=max_state_bytes)
+    states = AccountStates(SimpleNamespace(data=kafka.data), kafka, partitions=1, max_cached=max_cached, max_bytes=max_state_bytes)
     checkpoint = Checkpoint(
         app,
         sink,
@@ -382,9 +386,9 @@ def held_events_raw(events: list[dict[str, Any]]) -> bytes:
 
 @pytest.mark.parametrize("record", ["changelog record", "sent record"])
 def test_offsets_are_committed_only_once_the_broker_acknowledged_every_record_behind_them(store, record):
-    """A changelog record: Faust's producer flush can return with it still in its own
-    buffer (it gives up after 0.1 s without a send). A record sent for a batch (a
-    forwarded event, a dead letter, a transition) is only sent. The commit waits for each."""
+    """A changelog record (written at step 2) or a record sent for a batch (a forwarded
+    event, a dead letter, a transition): the producer's flush returns before the broker
+    acknowledged them. The commit waits for each."""
 
     async def scenario() -> None:
         checkpoint, states, sink, kafka, journal = protocol(store)
