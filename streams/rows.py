@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Any
 
 import orjson
@@ -11,7 +11,7 @@ import orjson
 from processors.scoring import DAY_MS, AccountState, ScoringConfig, engaged_contacts, rolling_counts, score_at
 from processors.stages import StageTransition
 
-EMPTY_PROPERTIES = b"{}"
+TRANSITION_FIELDS = tuple(field.name for field in fields(StageTransition))
 
 
 def event_row(event: dict[str, Any], partition: int, offset: int, index: int) -> tuple[Any, ...]:
@@ -77,5 +77,6 @@ def transition_rows(transitions: Iterable[StageTransition]) -> list[Sequence[Any
 
 def transition_message(transition: StageTransition) -> tuple[bytes, bytes]:
     """Key and value of a transition on the stage-transitions topic: its fields as JSON."""
-    # asdict: orjson reads a dataclass's slots directly, which a mypyc-compiled class lacks (it crashed)
-    return transition.account_id.encode(), orjson.dumps(asdict(transition))
+    # by name: orjson reads a dataclass's slots directly, which a mypyc-compiled class lacks
+    # (it crashed), and asdict's deep copy took 19 µs
+    return transition.account_id.encode(), orjson.dumps({name: getattr(transition, name) for name in TRANSITION_FIELDS})
