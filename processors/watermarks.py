@@ -93,7 +93,10 @@ class FallbackSchedule:
 
     def _partition(self, partition: int) -> _Partition:
         # a partition never reset and never noted holds no states yet: nothing lies beyond
-        return self._by_partition.setdefault(partition, _Partition(EVERYTHING))
+        held = self._by_partition.get(partition)
+        if held is None:  # made only then: a dataclass's __init__ stays interpreted code (mypyc)
+            held = self._by_partition[partition] = _Partition(EVERYTHING)
+        return held
 
     def note(self, state: AccountState) -> None:
         """Takes in when the account is due next."""
