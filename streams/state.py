@@ -103,9 +103,7 @@ class AccountStates:
         """The account's state, marked as changed (it is about to be)."""
         state = self._cache.get(account_id)
         if state is None:
-            # from its partition's database: Faust's get looks in every partition's for a key
-            # it has not indexed (every new account), ~16 µs
-            raw = _get_from_store(self._table, account_partition(account_id, self._partitions), account_id.encode())
+            raw = self._table.data.get(account_id.encode())
             state = AccountState.from_bytes(raw) if raw is not None else AccountState(account_id)
             self._cache[account_id] = state
         self._changed.add(account_id)
