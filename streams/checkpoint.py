@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 
 from aiokafka.structs import OffsetAndMetadata
 
-from streams.keyed import KeyedRecord, by_partition, filled_batches
+from streams.keyed import KeyedRecord, by_partition, send_batches
 from streams.offsets import OffsetGuard
 from streams.sink import ClickHouseSink, TableBuffer
 from processors.scoring import AccountState
@@ -148,11 +148,9 @@ class Checkpoint:
         partitioner does (as ``send`` without a partition)."""
         if not records:
             return
-        producer = self._app.producer._ensure_producer()  # aiokafka's
-        partitions = len(await producer.partitions_for(topic))
+        partitions = len(await self._app.producer._ensure_producer().partitions_for(topic))
         for partition, keyed in by_partition(records, partitions).items():
-            for batch in filled_batches(producer.create_batch, keyed):
-                self._sent.append(await producer.send_batch(batch, topic, partition=partition))
+            self._sent += [ack for ack, _ in await send_batches(self._app.producer, topic, partition, keyed)]
 
     async def wait_sent(self) -> None:
         """Waits for the broker's acknowledgement of every record sent so far."""

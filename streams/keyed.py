@@ -8,6 +8,7 @@ contact: traffic spread over many accounts learned a new contact every ~4 events
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -45,3 +46,14 @@ def filled_batches(create_batch: Callable[[], Any], records: Sequence[KeyedRecor
             batch.append(key=key, value=value, timestamp=None)
     if batch.record_count():
         yield batch
+
+
+async def send_batches(producer: Any, topic: str, partition: int, records: Sequence[KeyedRecord]) -> list[tuple[asyncio.Future[Any], int]]:
+    """Sends the records to one partition through Faust's producer (its aiokafka one), in
+    order, in as few batches as they fit; each batch's acknowledgement by the broker (its
+    result the first record's offset) and how many records it holds."""
+    aiokafka_producer = producer._ensure_producer()
+    return [
+        (await aiokafka_producer.send_batch(batch, topic, partition=partition), batch.record_count())
+        for batch in filled_batches(aiokafka_producer.create_batch, records)
+    ]

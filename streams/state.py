@@ -24,7 +24,7 @@ from faust.types import TP
 
 from processors.identity import account_partition
 from processors.scoring import AccountState, Timing, held_events_of, held_segment_key, is_held_segment_key
-from streams.keyed import KeyedRecord, filled_batches
+from streams.keyed import KeyedRecord, send_batches
 
 StateChange = tuple[int, bytes, bytes | None]  # partition, key, the state's or segment's bytes (None: delete)
 
@@ -47,12 +47,10 @@ class TableChangelog:
 
     async def write(self, partition: int, records: list[KeyedRecord]) -> list[Awaitable[Any]]:
         """The partition's records in order; returns each batch's acknowledgement by the broker."""
-        producer = self._table.app.producer._ensure_producer()  # aiokafka's
         tp = TP(self._table.changelog_topic.get_topic_name(), partition)
         acks = []
-        for batch in filled_batches(producer.create_batch, records):
-            ack = await producer.send_batch(batch, tp.topic, partition=partition)
-            ack.add_done_callback(functools.partial(self._persisted, tp, batch.record_count()))
+        for ack, count in await send_batches(self._table.app.producer, tp.topic, partition, records):
+            ack.add_done_callback(functools.partial(self._persisted, tp, count))
             acks.append(ack)
         return acks
 

@@ -15,6 +15,7 @@ import orjson
 import rocksdict
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from faust.stores.rocksdb import Store as RocksDBStore
 
 from deploy.local.kafka import free_port
 from deploy.local.worker_process import WorkerProcess
@@ -71,7 +72,7 @@ def persisted_changelog_offsets(settings: Settings) -> dict[int, int]:
     for path in settings.faust_dir.rglob(f"{STATE_TABLE}-*.db"):
         db = rocksdict.Rdict(str(path), options=rocksdict.Options(raw_mode=True), access_type=rocksdict.AccessType.read_only())
         try:
-            raw = db.get(b"__faust\0offset__")
+            raw = db.get(RocksDBStore.offset_key)
         finally:
             db.close()
         if raw is not None:
