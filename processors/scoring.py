@@ -31,7 +31,7 @@ from typing import Any, Final
 
 import orjson
 
-from processors.chunks import json_arrays
+from processors.chunks import json_arrays, json_bytes
 from processors.dedup import RecentIds
 
 if sys.version_info >= (3, 14):
@@ -96,7 +96,7 @@ class AccountState:
         fields["recent_ids"] = _pack_ids(self.recent_ids)
         fields["daily"] = list(self.daily.items())
         fields["held"] = [_applied_part(event) for *_, event in self.held]
-        return _stored(orjson.dumps(fields))
+        return _stored(json_bytes(fields))
 
     def take_held_segments(self) -> list[tuple[int, bytes]]:
         """Moves the held events in memory to new segments: each segment's number and
