@@ -1,6 +1,5 @@
-"""JSON bytes that are kept: right-sized (``json_bytes``), and items as JSON arrays
-within a record's size: forwarded events (processors.routing) and an account's held
-events (processors.scoring) go to Kafka in such records."""
+"""Items as JSON arrays within a record's size: forwarded events (processors.routing)
+and an account's held events (processors.scoring) go to Kafka in such records."""
 
 from __future__ import annotations
 
@@ -8,15 +7,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
-
-
-def json_bytes(value: Any) -> bytes:
-    """``orjson.dumps(value)`` in an allocation of its own length. orjson (3.12 on) hands
-    back its write buffer, whose capacity is at least 4 KiB and grows by doubling, and
-    never shrinks it: a 700-byte account state held 8-16 KiB of heap until its checkpoint
-    was durable (~240 MiB for the ~16k states of one checkpoint, the worker's peak RSS).
-    The copy costs ~0.2 us."""
-    return bytes(memoryview(orjson.dumps(value)))
 
 
 def json_arrays(items: Sequence[Any], max_items: int, max_bytes: int) -> Iterator[tuple[Sequence[Any], bytes]]:
@@ -28,7 +18,7 @@ def json_arrays(items: Sequence[Any], max_items: int, max_bytes: int) -> Iterato
 
 
 def _within(items: Sequence[Any], max_bytes: int) -> Iterator[tuple[Sequence[Any], bytes]]:
-    encoded = json_bytes(items)
+    encoded = orjson.dumps(items)
     if len(encoded) <= max_bytes or len(items) == 1:
         yield items, encoded
         return

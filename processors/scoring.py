@@ -31,7 +31,7 @@ from typing import Any, Final
 
 import orjson
 
-from processors.chunks import json_arrays, json_bytes
+from processors.chunks import json_arrays
 from processors.dedup import RecentIds
 
 if sys.version_info >= (3, 14):
@@ -96,7 +96,7 @@ class AccountState:
         fields["recent_ids"] = _pack_ids(self.recent_ids)
         fields["daily"] = list(self.daily.items())
         fields["held"] = [_applied_part(event) for *_, event in self.held]
-        return _stored(json_bytes(fields))
+        return _stored(orjson.dumps(fields))
 
     def take_held_segments(self) -> list[tuple[int, bytes]]:
         """Moves the held events in memory to new segments: each segment's number and
@@ -227,7 +227,14 @@ _ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"  # never the start of JSON
 
 
 def _stored(encoded: bytes) -> bytes:
-    return encoded if len(encoded) < COMPRESSED_FROM_BYTES else zstd.compress(encoded, COMPRESSION_LEVEL)
+    """The bytes kept for a state or segment until its checkpoint is durable. orjson (3.12
+    on) hands back its write buffer, at least 4 KiB and grown by doubling, unshrunk: a
+    700-byte state held 8-16 KiB of heap (~240 MiB for the ~16k states of one checkpoint,
+    the worker's peak RSS). So plain JSON is copied to an allocation of its own length
+    (~0.2 us)."""
+    if len(encoded) >= COMPRESSED_FROM_BYTES:
+        return zstd.compress(encoded, COMPRESSION_LEVEL)
+    return bytes(memoryview(encoded))
 
 
 def _json_of(raw: bytes) -> bytes:
