@@ -129,4 +129,11 @@ class ClickHouseSink:
 
 
 def _insert(client: Client, table: str, buffer: TableBuffer, token: str) -> None:
-    client.insert(table, buffer.rows, column_names=list(buffer.columns), settings=insert_settings(token))
+    context = client.create_insert_context(table, list(buffer.columns), settings=insert_settings(token), data=buffer.rows)
+    try:
+        client.insert(context=context)
+    finally:
+        # clickhouse-connect's InsertContext keeps a bound method of its own: a reference
+        # cycle that held the rows and their encoded columns until the garbage collector
+        # reached it, often a gen-1 pass later. Without the method it is freed at once.
+        vars(context).pop("_next_block_data", None)

@@ -6,6 +6,8 @@ rebalance tests in tests/integration run the same protocol against the real brok
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -493,3 +495,21 @@ def test_an_agent_that_raises_stops_the_worker_and_nothing_more_is_committed(sto
         assert kafka.commits == []
 
     asyncio.run(scenario())
+
+
+def test_an_insert_holds_no_reference_to_its_rows_once_it_returns(store):
+    """A reference cycle of the client's would keep every checkpoint's rows (and their
+    encoded columns) until the garbage collector reaches it; checked with the collector
+    off, so only reference counting frees them."""
+    sink = ClickHouseSink(store, {"account_scores": ("account_id", "events")})
+    sink.add("account_scores", [(f"a{i}", i) for i in range(1000)])
+    taken = sink.take()
+    rows = taken["account_scores"].rows
+    held_before = sys.getrefcount(rows)
+    gc.disable()
+    try:
+        asyncio.run(sink.write(taken, "token"))
+        assert sys.getrefcount(rows) == held_before
+    finally:
+        gc.enable()
+    assert store.query("SELECT count(), sum(events) FROM account_scores").result_rows == [(1000, 499_500)]
