@@ -261,13 +261,12 @@ class Checkpoint:
         # a batch of no consumed event (settled states, re-resolutions) has nothing to name it by
         token = _dedup_token(self._run_id, batch.consumed) if batch.consumed else uuid.uuid4().hex
         await self._sink.write(batch.rows, token)
-        # 2. write state changelogs
-        changelog_acks = await self._states.write(batch.states)
+        # 2. write state changelogs (and the table's store once the broker has them)
+        await self._states.write(batch.states)
         # 3. flush the producer, and wait for every record: a refused one fails its future
         # only, and a flush returns with batches still unacknowledged
         await self._app.producer.flush()
         await _acknowledged(batch.sent)
-        await _acknowledged(changelog_acks)
         # 4. commit the offsets of the consumed messages
         if batch.positions:
             await self._app.consumer._commit(batch.positions)

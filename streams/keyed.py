@@ -15,6 +15,7 @@ from typing import Any
 from aiokafka.partitioner import murmur2
 
 KeyedRecord = tuple[bytes, bytes | None]  # key, value (None: a tombstone)
+SentBatch = tuple[asyncio.Future[Any], int]  # the broker's acknowledgement (its result the first record's offset), records in the batch
 
 
 def default_partition(key: bytes, partitions: int) -> int:
@@ -48,7 +49,7 @@ def filled_batches(create_batch: Callable[[], Any], records: Sequence[KeyedRecor
         yield batch
 
 
-async def send_batches(producer: Any, topic: str, partition: int, records: Sequence[KeyedRecord]) -> list[tuple[asyncio.Future[Any], int]]:
+async def send_batches(producer: Any, topic: str, partition: int, records: Sequence[KeyedRecord]) -> list[SentBatch]:
     """Sends the records to one partition through Faust's producer (its aiokafka one), in
     order, in as few batches as they fit; each batch's acknowledgement by the broker (its
     result the first record's offset) and how many records it holds."""

@@ -10,13 +10,14 @@ deleted, by a tombstone, only at the state write after the one that stopped list
 and before the state's next record in its partition: the stored state never lists a
 deleted segment, whichever records of a checkpoint a crash let through. Until then the
 state lists it as released, so that the tombstone of a state restored after a crash is
-still written."""
+still written. The store takes a write's records only once the changelog has them: a
+segment is written once, and one only in the store would be missing for a worker that
+restores the partition from the changelog."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from itertools import islice, takewhile
 from typing import Any
 
@@ -24,7 +25,7 @@ from faust.types import TP
 
 from processors.identity import account_partition
 from processors.scoring import AccountState, Timing, held_events_of, held_segment_key, is_held_segment_key
-from streams.keyed import KeyedRecord, send_batches
+from streams.keyed import KeyedRecord, SentBatch, send_batches
 
 StateChange = tuple[int, bytes, bytes | None]  # partition, key, the state's or segment's bytes (None: delete)
 
@@ -35,8 +36,9 @@ class StateTooLarge(RuntimeError):
 
 class TableChangelog:
     """Writes records to a Faust table's changelog topic in one producer batch per
-    partition, and then, as Faust's ``send_changelog`` does for each record, keeps the
-    table store's persisted offset (where a restart resumes reading the changelog).
+    partition, and keeps the table store's persisted offset (where a restart resumes
+    reading the changelog) once the store holds them, as Faust's ``send_changelog`` does
+    for each record.
 
     Faust's route cost ~50 µs a record on the event loop (a FutureMessage, its buffer,
     sensors, the store's offset written per record); with traffic spread over many
@@ -45,18 +47,16 @@ class TableChangelog:
     def __init__(self, table: Any) -> None:
         self._table = table
 
-    async def write(self, partition: int, records: list[KeyedRecord]) -> list[Awaitable[Any]]:
-        """The partition's records in order; returns each batch's acknowledgement by the broker."""
-        tp = TP(self._table.changelog_topic.get_topic_name(), partition)
-        acks = []
-        for ack, count in await send_batches(self._table.app.producer, tp.topic, partition, records):
-            ack.add_done_callback(functools.partial(self._persisted, tp, count))
-            acks.append(ack)
-        return acks
+    async def write(self, partition: int, records: list[KeyedRecord]) -> list[SentBatch]:
+        """The partition's records in order; each batch's acknowledgement by the broker
+        and how many records it holds."""
+        return await send_batches(self._table.app.producer, self._table.changelog_topic.get_topic_name(), partition, records)
 
-    def _persisted(self, tp: TP, records: int, ack: asyncio.Future[Any]) -> None:
-        if not ack.cancelled() and ack.exception() is None:  # a failure stops the worker (streams.checkpoint)
-            self._table.data.set_persisted_offset(tp, ack.result().offset + records - 1)
+    def persisted(self, partition: int, batches: list[SentBatch]) -> None:
+        """The store holds the partition's records up to the end of these acknowledged batches."""
+        ack, count = batches[-1]
+        tp = TP(self._table.changelog_topic.get_topic_name(), partition)
+        self._table.data.set_persisted_offset(tp, ack.result().offset + count - 1)
 
 
 class AccountStates:
@@ -169,18 +169,27 @@ class AccountStates:
         self._unwritten = set()
         return changes
 
-    async def write(self, changes: list[StateChange]) -> list[Awaitable[Any]]:
-        """To the table's store and changelog topic; returns the broker's acknowledgements
-        of the changelog records."""
+    async def write(self, changes: list[StateChange]) -> None:
+        """To the table's changelog topic and, once the broker acknowledged them, to its
+        store. A store ahead of its changelog (a kill or a refused record between the two)
+        kept states and held segments the changelog never got: a segment is written once,
+        so a worker that later restored the partition from the changelog found a state
+        listing a segment it lacked."""
         for _, key, value in changes:
             if value is not None and len(value) > self._max_bytes:
                 raise StateTooLarge(_too_large(key, value, self._max_bytes))
         by_partition: dict[int, list[KeyedRecord]] = {}
         for partition, key, value in changes:
+            by_partition.setdefault(partition, []).append((key, value))
+        sent = {partition: await self._changelog.write(partition, records) for partition, records in by_partition.items()}
+        # a refusal raises here, and the store keeps what the changelog has
+        await asyncio.gather(*(ack for batches in sent.values() for ack, _ in batches))
+        for partition, key, value in changes:
             _put_in_store(self._table, partition, key, value)
             self._unstored.pop(key, None)
-            by_partition.setdefault(partition, []).append((key, value))
-        return [ack for partition, records in by_partition.items() for ack in await self._changelog.write(partition, records)]
+        for partition, batches in sent.items():
+            if batches:
+                self._changelog.persisted(partition, batches)
 
     def forget(self) -> None:
         """Drop the in-memory copies: after a revocation the table is the truth again."""

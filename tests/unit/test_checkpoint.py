@@ -47,6 +47,7 @@ class KafkaSide:
         self.metadata: list[dict[Any, str]] = []
         self.data: dict[bytes, bytes] = {}  # the table's store
         self.changelog: list[tuple[bytes, bytes | None]] = []
+        self.persisted_records = 0  # changelog records the store holds, as the table's offset says
 
     async def flush(self) -> None:
         await self.flushes.wait()
@@ -63,14 +64,17 @@ class KafkaSide:
         self.journal.append(f"sent {topic} {value.decode()}")
         return asyncio.create_task(self._acknowledge(value))
 
-    async def write(self, partition: int, records: list[tuple[bytes, bytes | None]]) -> list[asyncio.Task[None]]:
-        """The table's changelog (streams.state.TableChangelog)."""
-        acks = []
+    async def write(self, partition: int, records: list[tuple[bytes, bytes | None]]) -> list[tuple[asyncio.Task[None], int]]:
+        """The table's changelog (streams.state.TableChangelog): a batch per record."""
+        batches = []
         for key, value in records:
             self.journal.append(f"changelog {key.decode(errors='backslashreplace')}{' deleted' if value is None else ''}")
             self.changelog.append((key, value))
-            acks.append(asyncio.create_task(self._acknowledge(key)))
-        return acks
+            batches.append((asyncio.create_task(self._acknowledge(key)), 1))
+        return batches
+
+    def persisted(self, partition: int, batches: list[tuple[asyncio.Task[None], int]]) -> None:
+        self.persisted_records += sum(count for _, count in batches)
 
     async def _acknowledge(self, key: bytes) -> None:
         await self.acks.wait()
@@ -388,9 +392,10 @@ def held_events_raw(events: list[dict[str, Any]]) -> bytes:
 
 @pytest.mark.parametrize("record", ["changelog record", "sent record"])
 def test_offsets_are_committed_only_once_the_broker_acknowledged_every_record_behind_them(store, record):
-    """A changelog record (written at step 2) or a record sent for a batch (a forwarded
-    event, a dead letter, a transition): the producer's flush returns before the broker
-    acknowledged them. The commit waits for each."""
+    """A changelog record (written at step 2, which waits for it before the table's store
+    takes it) or a record sent for a batch (a forwarded event, a dead letter, a
+    transition: the producer's flush returns before the broker acknowledged them). The
+    commit waits for each."""
 
     async def scenario() -> None:
         checkpoint, states, sink, kafka, journal = protocol(store)
@@ -403,9 +408,10 @@ def test_offsets_are_committed_only_once_the_broker_acknowledged_every_record_be
                 ingest(checkpoint, range(0, 3))
                 await checkpoint.send("events.by-account", None, b"forwarded 0-2", 5)
             await checkpoint.commit_if_due()
-        await until(lambda: "producer flushed" in journal)
+        await until(lambda: ("changelog acme" if record == "changelog record" else "producer flushed") in journal)
         await asyncio.sleep(0.05)
         assert kafka.commits == [] and kafka.acknowledged == []
+        assert b"acme" not in kafka.data and kafka.persisted_records == 0  # the store waits for the changelog
         kafka.acks.set()
         async with checkpoint.lock:
             await checkpoint.commit()
@@ -447,6 +453,33 @@ def test_a_refused_record_stops_the_worker_and_nothing_is_committed_after_it(sto
             with pytest.raises(CheckpointFailed):
                 await checkpoint.commit()
         assert kafka.commits == []
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_refused_changelog_write_leaves_the_store_as_the_changelog_has_it(store):
+    """The table's store takes a checkpoint's segments and states only once the broker
+    acknowledged them: a store ahead of its changelog would keep a write-once segment the
+    changelog never gets, and a worker restoring the partition from the changelog would
+    find the state listing it and not the segment."""
+
+    async def scenario() -> None:
+        checkpoint, states, sink, kafka, journal = protocol(store)
+        kafka.flushes.set()
+        async with checkpoint.lock:
+            consume(checkpoint, states, sink, range(0, 2))
+            await checkpoint.commit()
+        stored = dict(kafka.data)
+        assert b"acme" in stored and kafka.persisted_records == 1
+        kafka.refusal = RuntimeError("NotLeaderForPartitionError")
+        async with checkpoint.lock:
+            states.state_for("acme").held = [as_held(held_page_view(minute)) for minute in range(3)]
+            await checkpoint.commit_if_due()
+            with pytest.raises(RuntimeError, match="NotLeaderForPartitionError"):
+                await checkpoint._finish_in_flight()
+        assert [line for line in journal if line.startswith("changelog")][-2:] == ["changelog \\xff0:acme", "changelog acme"]
+        assert kafka.data == stored and kafka.persisted_records == 1
+        assert kafka.commits == [{TP: 2}]
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
