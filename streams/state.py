@@ -10,9 +10,10 @@ deleted, by a tombstone, only at the state write after the one that stopped list
 and before the state's next record in its partition: the stored state never lists a
 deleted segment, whichever records of a checkpoint a crash let through. Until then the
 state lists it as released, so that the tombstone of a state restored after a crash is
-still written. The store takes a write's records only once the changelog has them: a
-segment is written once, and one only in the store would be missing for a worker that
-restores the partition from the changelog."""
+still written. A write sends new segments first and the states only once the broker
+has the segments, and the store takes the records only once the changelog has them: a
+segment is written once, and one missing from the changelog would be missing for a
+worker that restores the partition from it."""
 
 from __future__ import annotations
 
@@ -171,25 +172,33 @@ class AccountStates:
 
     async def write(self, changes: list[StateChange]) -> None:
         """To the table's changelog topic and, once the broker acknowledged them, to its
-        store. A store ahead of its changelog (a kill or a refused record between the two)
-        kept states and held segments the changelog never got: a segment is written once,
-        so a worker that later restored the partition from the changelog found a state
-        listing a segment it lacked."""
+        store; new held segments first, and the states that list them only once the
+        segments are acknowledged. A segment is written once: one that only the store got
+        (put first, then a kill or a refusal), or a state that reached the changelog
+        without its refused segment, left a worker restoring the partition from the
+        changelog with a state listing a segment it lacked."""
         for _, key, value in changes:
             if value is not None and len(value) > self._max_bytes:
                 raise StateTooLarge(_too_large(key, value, self._max_bytes))
-        by_partition: dict[int, list[KeyedRecord]] = {}
-        for partition, key, value in changes:
-            by_partition.setdefault(partition, []).append((key, value))
-        sent = {partition: await self._changelog.write(partition, records) for partition, records in by_partition.items()}
-        # a refusal raises here, and the store keeps what the changelog has
-        await asyncio.gather(*(ack for batches in sent.values() for ack, _ in batches))
+        is_new_segment = [value is not None and is_held_segment_key(key) for _, key, value in changes]
+        sent: dict[int, list[SentBatch]] = {}
+        for segments_now in (True, False):
+            await self._send_acknowledged([c for c, segment in zip(changes, is_new_segment) if segment is segments_now], sent)
         for partition, key, value in changes:
             _put_in_store(self._table, partition, key, value)
             self._unstored.pop(key, None)
         for partition, batches in sent.items():
-            if batches:
-                self._changelog.persisted(partition, batches)
+            self._changelog.persisted(partition, batches)
+
+    async def _send_acknowledged(self, changes: list[StateChange], sent: dict[int, list[SentBatch]]) -> None:
+        """Sends the records to the changelog and waits for the broker: a refusal raises."""
+        by_partition: dict[int, list[KeyedRecord]] = {}
+        for partition, key, value in changes:
+            by_partition.setdefault(partition, []).append((key, value))
+        batches = {partition: await self._changelog.write(partition, records) for partition, records in by_partition.items()}
+        await asyncio.gather(*(ack for partition_batches in batches.values() for ack, _ in partition_batches))
+        for partition, partition_batches in batches.items():
+            sent.setdefault(partition, []).extend(partition_batches)
 
     def forget(self) -> None:
         """Drop the in-memory copies: after a revocation the table is the truth again."""

@@ -43,6 +43,7 @@ class KafkaSide:
         self.acks.set()
         self.acknowledged: list[bytes] = []
         self.refusal: Exception | None = None
+        self.refused_keys = b""  # the prefix of the keys refused while ``refusal`` is set
         self.commits: list[dict[Any, int]] = []
         self.metadata: list[dict[Any, str]] = []
         self.data: dict[bytes, bytes] = {}  # the table's store
@@ -78,7 +79,7 @@ class KafkaSide:
 
     async def _acknowledge(self, key: bytes) -> None:
         await self.acks.wait()
-        if self.refusal is not None:
+        if self.refusal is not None and key.startswith(self.refused_keys):
             raise self.refusal
         self.acknowledged.append(key)
 
@@ -457,11 +458,12 @@ def test_a_refused_record_stops_the_worker_and_nothing_is_committed_after_it(sto
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
-def test_a_refused_changelog_write_leaves_the_store_as_the_changelog_has_it(store):
-    """The table's store takes a checkpoint's segments and states only once the broker
-    acknowledged them: a store ahead of its changelog would keep a write-once segment the
-    changelog never gets, and a worker restoring the partition from the changelog would
-    find the state listing it and not the segment."""
+def test_a_state_goes_to_its_changelog_only_once_its_new_segment_is_there_and_to_its_store_after_both(store):
+    """A segment is written once: a state record that reached the changelog without its
+    refused segment, or a store that took a segment the changelog never got, would leave
+    a worker restoring the partition from the changelog with a state listing a segment
+    it lacks. A refused segment stops the worker before its state is sent, and the store
+    keeps what the changelog has."""
 
     async def scenario() -> None:
         checkpoint, states, sink, kafka, journal = protocol(store)
@@ -471,13 +473,13 @@ def test_a_refused_changelog_write_leaves_the_store_as_the_changelog_has_it(stor
             await checkpoint.commit()
         stored = dict(kafka.data)
         assert b"acme" in stored and kafka.persisted_records == 1
-        kafka.refusal = RuntimeError("NotLeaderForPartitionError")
+        kafka.refusal, kafka.refused_keys = RuntimeError("NotLeaderForPartitionError"), b"\xff"  # segments only
         async with checkpoint.lock:
             states.state_for("acme").held = [as_held(held_page_view(minute)) for minute in range(3)]
             await checkpoint.commit_if_due()
             with pytest.raises(RuntimeError, match="NotLeaderForPartitionError"):
                 await checkpoint._finish_in_flight()
-        assert [line for line in journal if line.startswith("changelog")][-2:] == ["changelog \\xff0:acme", "changelog acme"]
+        assert [line for line in journal if line.startswith("changelog")][-2:] == ["changelog acme", "changelog \\xff0:acme"]
         assert kafka.data == stored and kafka.persisted_records == 1
         assert kafka.commits == [{TP: 2}]
 
