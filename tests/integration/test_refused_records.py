@@ -29,7 +29,8 @@ from streams.kafka_admin import TOPIC_OVERRIDE, ensure_topics
 from streams.simulator import encode, iter_events, produce_events
 from streams.topics import DEAD_LETTER_PART_BYTES, OUTPUT_MESSAGE_MAX_BYTES, consumed_topics, prepare_topics, state_changelog_topic
 from tests.integration.support import (
-    assert_store_exact, committed_offsets, consume_all, drain_with_new_worker, isolated_settings, produce, query, start_worker,
+    assert_store_exact, committed_offsets, consume_all, drain_with_new_worker, isolated_settings, persisted_changelog_offsets, produce, query,
+    start_worker,
 )
 
 pytestmark = pytest.mark.integration
@@ -250,3 +251,44 @@ def test_a_busy_accounts_held_events_go_to_segments_restored_from_the_changelog_
     newest = asyncio.run(newest_values(local_kafka.bootstrap, changelog))
     state = AccountState.from_bytes(newest[b"acct-busy"])
     assert (state.held_count, [newest[key] for key in listed]) == (0, [None] * len(listed))  # read back, then deleted
+
+
+def test_a_refused_held_segment_stops_the_worker_before_its_state_is_sent_and_a_takeover_counts_each_event_once(local_kafka, tmp_path):
+    """A segment is written once, and the state that lists it is read back from the
+    changelog by a worker that takes the partition over: the broker refuses the segment
+    (its changelog topic takes 128 KiB, the segment of 200 held events of ~4 KiB is
+    ~600 KiB; the state ~10 KiB), and the worker stops with neither in the changelog nor
+    in its store. A worker without the store then starts from the committed offsets:
+    every event counts once. Were the state sent alongside the segment (in a batch of its
+    own, which the broker accepts), the takeover would restore a state listing a segment
+    the changelog lacks, skip the events as absorbed, and stop at LookupError when the
+    watermark reached them."""
+    settings = isolated_settings(local_kafka.bootstrap, tmp_path / "abm")
+    topic, changelog = settings.topic(EVENT_TYPES["page_view"].topic), state_changelog_topic(settings)
+    start = int(time.time() * 1000) - 3_600_000
+
+    def page_view(event_id: str, at: int) -> dict:
+        return {
+            "event_id": event_id, "type": "page_view", "occurred_at": at, "source": "web", "account_id": "acct-held",
+            "contact_id": "ct-1", "url": "https://www.example.com/pricing", "properties": {"path": "/pricing"},
+        }
+
+    worker = start_worker(settings, "first", extra_env={"ABM_WATERMARK_LATENESS_MINUTES": "5"})
+    try:
+        configure(local_kafka, changelog, "--add-config", f"max.message.bytes={128 * 1024}")  # after the worker raised it
+        asyncio.run(produce(local_kafka.bootstrap, [(topic, None, padded(page_view(f"held-{n}", start + n * 10), 4096)) for n in range(200)]))
+        status = worker.wait_exit(timeout_s=90)
+    finally:
+        worker.kill()
+    log = worker.log_path.read_text(errors="replace")
+    assert status != 0, worker.log_tail()
+    assert "stopping the worker" in log and "MessageSizeTooLarge" in log, worker.log_tail(80)
+    assert asyncio.run(newest_values(local_kafka.bootstrap, changelog)) == {}  # neither the segment nor its state
+    assert persisted_changelog_offsets(settings) == {}
+
+    configure(local_kafka, changelog, "--delete-config", "max.message.bytes")
+    shutil.rmtree(settings.faust_dir)  # a worker that takes the partition over: the changelog is all it has
+    asyncio.run(produce(local_kafka.bootstrap, [(topic, None, encode(page_view("later", start + 1_200_000)))]))  # past the watermark
+    drain_with_new_worker(settings, "second")
+    assert query(settings, "SELECT events_total AS n, page_views AS v FROM account_scores FINAL") == [{"n": 201, "v": 201}]
+    assert query(settings, "SELECT count() AS n, uniqExact(event_id) AS u FROM events") == [{"n": 201, "u": 201}]
