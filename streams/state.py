@@ -102,7 +102,9 @@ class AccountStates:
         """The account's state, marked as changed (it is about to be)."""
         state = self._cache.get(account_id)
         if state is None:
-            raw = self._table.data.get(account_id.encode())
+            # from its partition's database: Faust's store, not knowing the partition
+            # outside a stream event, asked all of them for an account it had not seen
+            raw = _get_from_store(self._table, account_partition(account_id, self._partitions), account_id.encode())
             state = AccountState.from_bytes(raw) if raw is not None else AccountState(account_id)
             self._cache[account_id] = state
         self._changed.add(account_id)
@@ -241,7 +243,7 @@ def _stored_in(table: Any, partition: int, partitions: int) -> Iterator[tuple[by
 def _put_in_store(table: Any, partition: int, key: bytes, value: bytes | None) -> None:
     # Faust's RocksDB store picks the partition's database from the current stream
     # event; a checkpoint writes for many partitions at once, so it names the partition.
-    # Segments stay out of its key index, which only grows: they are read by partition.
+    # Segments stay out of its key index (an LRU of the last 1,000 keys): read by partition.
     store = table.data
     db_for_partition = getattr(store, "_db_for_partition", None)
     if db_for_partition is None:
