@@ -46,6 +46,14 @@ def configure(local_kafka, topic: str, change: str, setting: str) -> None:
     )
 
 
+def assert_stopped_by_a_refusal(worker) -> None:
+    """The worker stops on its own, with a non-zero status, naming the refusal."""
+    status = worker.wait_exit(timeout_s=90)
+    log = worker.log_path.read_text(errors="replace")
+    assert status != 0, worker.log_tail()
+    assert "stopping the worker" in log and "MessageSizeTooLarge" in log, worker.log_tail(80)
+
+
 @pytest.mark.parametrize("refusing", ["forwarded events", "learned contacts", "account states"])
 def test_a_refused_record_stops_the_worker_and_a_restart_loses_nothing(local_kafka, tmp_path, refusing):
     settings = isolated_settings(local_kafka.bootstrap, tmp_path / "abm")
@@ -64,12 +72,9 @@ def test_a_refused_record_stops_the_worker_and_a_restart_loses_nothing(local_kaf
 
         configure(local_kafka, topic, "--add-config", "max.message.bytes=64")  # every batch is larger
         counts.update(asyncio.run(produce_events(settings, accounts=60, contacts_per_account=3, rate=None, duration_s=None, count=3_000, seed=62)))
-        status = worker.wait_exit(timeout_s=90)
+        assert_stopped_by_a_refusal(worker)
     finally:
         worker.kill()
-    log = worker.log_path.read_text(errors="replace")
-    assert status != 0, worker.log_tail()
-    assert "stopping the worker" in log and "MessageSizeTooLarge" in log, worker.log_tail(80)
     assert committed_offsets(settings, held_back) == before
     assert sum(counts.values()) == 6_000
 
@@ -277,12 +282,9 @@ def test_a_refused_held_segment_stops_the_worker_before_its_state_is_sent_and_a_
     try:
         configure(local_kafka, changelog, "--add-config", f"max.message.bytes={128 * 1024}")  # after the worker raised it
         asyncio.run(produce(local_kafka.bootstrap, [(topic, None, padded(page_view(f"held-{n}", start + n * 10), 4096)) for n in range(200)]))
-        status = worker.wait_exit(timeout_s=90)
+        assert_stopped_by_a_refusal(worker)
     finally:
         worker.kill()
-    log = worker.log_path.read_text(errors="replace")
-    assert status != 0, worker.log_tail()
-    assert "stopping the worker" in log and "MessageSizeTooLarge" in log, worker.log_tail(80)
     assert asyncio.run(newest_values(local_kafka.bootstrap, changelog)) == {}  # neither the segment nor its state
     assert persisted_changelog_offsets(settings) == {}
 
