@@ -334,8 +334,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
     @app.on_partitions_revoked.connect
     async def on_revoked(_app: Any, _revoked: set[Any], **_: Any) -> None:
         stored_ahead_known.clear()
-        async with checkpoint.lock:
-            await checkpoint.hand_over(timeout_s=app.conf.broker_session_timeout / 2)
+        await checkpoint.hand_over(timeout_s=app.conf.broker_session_timeout / 2)  # takes the lock
 
     @app.on_partitions_assigned.connect
     async def on_assigned(_app: Any, assigned: set[Any], **_: Any) -> None:

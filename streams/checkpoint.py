@@ -125,6 +125,7 @@ class Checkpoint:
         self._in_flight: asyncio.Task[None] | None = None  # the checkpoint being made durable
         self._started_at = self._states_taken_at = time.monotonic()
         self.lock = asyncio.Lock()  # agents hold it while they change pending work
+        self._handing_over = asyncio.Event()  # a revocation waits for the lock: agents stop waiting
         self.closed = False  # set by the final checkpoint: no more work may start
         self.commits = 0
         self.last_commit_at: float | None = None
@@ -186,11 +187,26 @@ class Checkpoint:
         await self._finish_in_flight()
 
     async def commit_if_due(self) -> None:
-        """Start a checkpoint if one is due; the caller holds ``lock``."""
+        """Start a checkpoint if one is due; the caller holds ``lock``. A due one waits
+        for the one in flight, unless a revocation is waiting for the lock: while the
+        store is down the one in flight retries its insert for as long, and the
+        revocation would wait with it."""
         if self.due():
-            await self._start(with_states=False)
+            if await self._in_flight_ended_unless_handing_over():
+                await self._start(with_states=False)
         elif self._in_flight is not None and self._in_flight.done():
             await self._finish_in_flight()  # its failure surfaces here, in an agent
+
+    async def _in_flight_ended_unless_handing_over(self) -> bool:
+        task = self._in_flight
+        if task is None or task.done():
+            return True
+        handing_over = asyncio.ensure_future(self._handing_over.wait())
+        try:
+            await asyncio.wait((task, handing_over), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            handing_over.cancel()
+        return task.done()
 
     async def _start(self, with_states: bool) -> None:
         await self._finish_in_flight()
@@ -287,16 +303,31 @@ class Checkpoint:
 
     async def hand_over(self, timeout_s: float) -> None:
         """On revocation, before the partitions move: commit, so their next owner starts
-        exactly after this worker's work (forwarded events included); the caller holds
-        ``lock``. If that cannot finish in time, the work is abandoned and redelivered."""
+        exactly after this worker's work (forwarded events included). If that cannot
+        finish in time (the store down), the work is abandoned and redelivered, and its
+        insert is retried no more (the next owner inserts it). If the agents do not even
+        let go of ``lock`` in time, the worker stops: abandoning work an agent is still
+        doing could let part of it through."""
+        self._handing_over.set()
+        locked = False
         try:
             async with asyncio.timeout(timeout_s):
+                await self.lock.acquire()
+                locked = True
+                self._handing_over.clear()
                 await self.commit()
         except TimeoutError:
+            if not locked:
+                await self.fail(TimeoutError(f"the agents did not let a revocation have the checkpoint lock within {timeout_s:g} s"))
+                return
             log.warning("checkpoint did not finish within %.0fs of a revocation; abandoning it", timeout_s)
             self.abandon()
         else:
             self._states.forget()  # a revoked partition's states now belong to its next owner
+        finally:
+            self._handing_over.clear()
+            if locked:
+                self.lock.release()
 
     def abandon(self) -> None:
         """Forget uncommitted work; its events will be redelivered."""

@@ -9,6 +9,8 @@ import concurrent.futures
 import itertools
 import secrets
 import time
+from collections import Counter
+from urllib.parse import urlparse
 
 import pytest
 
@@ -16,7 +18,7 @@ from deploy.local.kafka import free_port
 from deploy.local.worker_process import StoreServerProcess, WorkerProcess
 from streams.settings import Settings
 from streams.simulator import produce_events
-from tests.integration.support import assert_store_exact, isolated_settings, query, start_worker
+from tests.integration.support import TcpProxy, assert_store_exact, isolated_settings, query, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -98,4 +100,52 @@ def test_two_workers_split_the_partitions_and_one_survives_the_others_kill(kafka
     finally:
         for worker in workers:
             worker.stop()
+        assert store.stop() == 0, store.log_tail()
+
+
+def test_a_rebalance_while_one_worker_cannot_reach_clickhouse_loses_and_doubles_nothing(kafka_bootstrap, tmp_path):
+    """The first worker's way to the store (a real TCP proxy) is cut while 20,000 events
+    arrive: its checkpoint retries the insert and commits nothing. A second worker, which
+    reaches the store, joins. The first one's revocation cannot commit: within half the
+    session timeout it abandons the checkpoint (its insert is retried no more), and at
+    its next assignment it stops (it cannot read which rows the store holds past the
+    committed offsets; its supervisor would restart it). The second worker takes every
+    partition and inserts the events once; the way is restored. Before, the revocation
+    waited for the checkpoint lock, which an agent held waiting for the stuck checkpoint:
+    it kept its events until the store was back and inserted them after the second
+    worker had (20,000 events twice)."""
+    store_settings = isolated_settings(kafka_bootstrap, tmp_path / "store", clickhouse_http_password=secrets.token_hex(8))
+    store = started_store(store_settings)
+    proxy = TcpProxy("127.0.0.1", store_settings.clickhouse_http_port)
+    direct = urlparse(store.url)
+    through_proxy = direct._replace(netloc=f"{direct.netloc.rpartition('@')[0]}@127.0.0.1:{proxy.port}").geturl()
+    shared = store_settings.model_copy(update={"clickhouse_url": store.url, "session_timeout_s": 10.0})
+    workers: list[WorkerProcess] = []
+    try:
+        cut_off = start_worker(shared.model_copy(update={"data_dir": tmp_path / "cut-off", "web_port": free_port(), "clickhouse_url": through_proxy}), "cut-off")
+        workers.append(cut_off)
+        counts = Counter(asyncio.run(produce_events(shared, accounts=200, contacts_per_account=3, rate=None, duration_s=None, count=5_000, seed=91)))
+        cut_off.wait_drained(timeout_s=120)
+
+        proxy.cut()  # while it is idle: no insert of its is under way
+        counts.update(asyncio.run(produce_events(shared, accounts=200, contacts_per_account=3, rate=None, duration_s=None, count=20_000, seed=92)))
+        deadline = time.monotonic() + 60
+        while cut_off.readiness()[0] != 503:
+            assert time.monotonic() < deadline, cut_off.log_tail()
+            time.sleep(0.2)
+        joining = start_worker(shared.model_copy(update={"data_dir": tmp_path / "joining", "web_port": free_port()}), "joining")
+        workers.append(joining)
+        wait_until_processing([joining])
+        assert cut_off.wait_exit(timeout_s=60) != 0
+        proxy.restore()
+        joining.wait_drained(timeout_s=180)
+        assert joining.stop() == 0, joining.log_tail()
+        log = cut_off.log_path.read_text(errors="replace")
+        assert "did not finish within 5s of a revocation; abandoning it" in log, cut_off.log_tail(80)
+        assert sum(counts.values()) == 25_000
+        assert_store_exact(shared, counts)
+    finally:
+        for worker in workers:
+            worker.stop()
+        proxy.close()
         assert store.stop() == 0, store.log_tail()

@@ -207,6 +207,65 @@ def test_a_checkpoint_due_while_one_is_in_flight_waits_for_it_holding_the_agents
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
+def test_a_revocation_while_the_checkpoint_in_flight_cannot_finish_abandons_it_though_an_agent_waits_for_it(store):
+    """The store down: the checkpoint in flight never finishes (its flush here), and an
+    agent whose next checkpoint is due waits for it holding the lock. A revocation must
+    still have the lock and give up within its timeout: nothing committed, the work
+    forgotten, and no insert of it later. (Waiting for the lock first, it waited with the
+    agent for the store: a worker whose store was cut off kept its partitions' events
+    and inserted them once the store was back, after their next owner had.)"""
+
+    async def scenario() -> None:
+        checkpoint, states, sink, kafka, journal = protocol(store)
+        async with checkpoint.lock:
+            consume(checkpoint, states, sink, range(0, 2))
+            await checkpoint.commit_if_due()  # in flight: its flush does not end
+
+        async def agent() -> None:
+            async with checkpoint.lock:
+                consume(checkpoint, states, sink, range(2, 4))
+                await checkpoint.commit_if_due()  # due: waits for the one in flight
+
+        waiting = asyncio.create_task(agent())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        async with asyncio.timeout(2):
+            await checkpoint.hand_over(timeout_s=0.3)
+            await waiting  # it let go of the lock, and raised nothing
+        kafka.flushes.set()
+        await asyncio.sleep(0.05)
+        assert (kafka.commits, states.cached, checkpoint.failure) == ([], 0, None)
+        assert journal.count("inserted account_scores,handled") == 1  # the agent started no other
+        again = checkpoint.guard.admit([SimpleNamespace(tp=TP, offset=o, generation_id=1) for o in range(4)])
+        assert [message.offset for message in again.fresh] == [0, 1, 2, 3]
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_revocation_that_an_agent_keeps_from_the_lock_stops_the_worker(store):
+    async def scenario() -> None:
+        checkpoint, states, sink, kafka, journal = protocol(store)
+        stuck = asyncio.Event()
+
+        async def agent() -> None:
+            async with checkpoint.lock:
+                consume(checkpoint, states, sink, range(0, 2))
+                await stuck.wait()  # on something other than the checkpoint
+
+        holding = asyncio.create_task(agent())
+        await asyncio.sleep(0.05)
+        await checkpoint.hand_over(timeout_s=0.2)
+        assert journal == ["worker stopped: the agents did not let a revocation have the checkpoint lock within 0.2 s"]
+        stuck.set()
+        await holding
+        async with checkpoint.lock:
+            with pytest.raises(CheckpointFailed):
+                await checkpoint.commit()
+        assert kafka.commits == []
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
 def test_an_abandoned_checkpoint_in_flight_commits_nothing_and_its_events_are_admitted_again(store):
     async def scenario() -> None:
         checkpoint, states, sink, kafka, journal = protocol(store)
