@@ -339,15 +339,21 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
     @app.on_partitions_assigned.connect
     async def on_assigned(_app: Any, assigned: set[Any], **_: Any) -> None:
         owned = {tp.partition for tp in assigned if tp.topic == by_account_topic.get_topic_name()}
-        lags = [item for item in await group_lag(settings.kafka_bootstrap, settings.app_id, [by_account_topic.get_topic_name()]) if item.partition in owned]
-        async with checkpoint.lock:
-            committed = {item.partition: item.committed for item in lags}
-            stored_ahead.clear()
-            stored_ahead.update(await sink.call(stored_event_positions, committed))
-            if stored_ahead:  # a worker was killed after an insert: its views may lack the rows
-                rebuilt = await sink.call(rebuild_derived, committed, settings.events_ttl_days)
-                log.warning("%d events stored past the committed offsets; rebuilt their accounts' rows of %s", len(stored_ahead), ", ".join(rebuilt))
-            stage_clock.assigned({item.partition: (item.committed, item.metadata) for item in lags})
+        try:
+            lags = [item for item in await group_lag(settings.kafka_bootstrap, settings.app_id, [by_account_topic.get_topic_name()]) if item.partition in owned]
+            async with checkpoint.lock:
+                committed = {item.partition: item.committed for item in lags}
+                stored_ahead.clear()
+                stored_ahead.update(await sink.call(stored_event_positions, committed))
+                if stored_ahead:  # a worker was killed after an insert: its views may lack the rows
+                    rebuilt = await sink.call(rebuild_derived, committed, settings.events_ttl_days)
+                    log.warning("%d events stored past the committed offsets; rebuilt their accounts' rows of %s", len(stored_ahead), ", ".join(rebuilt))
+                stage_clock.assigned({item.partition: (item.committed, item.metadata) for item in lags})
+        except Exception as exc:
+            # the store or the broker unreachable: the partitions cannot start here; the
+            # worker stops, and its restart or another worker takes them
+            await checkpoint.fail(exc)
+            return
         stored_ahead_known.set()
 
     registry = CollectorRegistry()

@@ -142,6 +142,7 @@ def test_a_rebalance_while_one_worker_cannot_reach_clickhouse_loses_and_doubles_
         assert joining.stop() == 0, joining.log_tail()
         log = cut_off.log_path.read_text(errors="replace")
         assert "did not finish within 5s of a revocation; abandoning it" in log, cut_off.log_tail(80)
+        assert "stopping the worker: OperationalError" in log, cut_off.log_tail(80)  # at its next assignment
         assert sum(counts.values()) == 25_000
         assert_store_exact(shared, counts)
     finally:
