@@ -134,6 +134,14 @@ class WorkerProcess(AbmProcess):
         except OSError:
             return False
 
+    def wait_ready(self, timeout_s: float, poll_s: float = 0.05) -> None:
+        """Waits until /readyz answers 200."""
+        deadline = time.monotonic() + timeout_s
+        while not self.ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker not ready after {timeout_s}s\n{self.log_tail()}")
+            time.sleep(poll_s)
+
     def metrics(self) -> str:
         """The worker's /metrics page (Prometheus text format)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.web_port}/metrics", timeout=10) as response:

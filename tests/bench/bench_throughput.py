@@ -155,14 +155,6 @@ async def one_event_per_account(settings: Settings, accounts: int, prefix: str =
         await producer.stop()
 
 
-def wait_ready(worker: WorkerProcess, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not worker.ready():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"worker not ready after {timeout_s}s\n{worker.log_tail()}")
-        time.sleep(0.05)
-
-
 def restart_after_kill(worker: WorkerProcess, settings: Settings, prefix: str, without_local_state: bool = False) -> tuple[float, float]:
     """Kills the worker with SIGKILL, sends one event for a new account meanwhile and starts
     it again (with its table store removed: as a worker that takes the partitions over):
@@ -173,7 +165,7 @@ def restart_after_kill(worker: WorkerProcess, settings: Settings, prefix: str, w
     asyncio.run(one_event_per_account(settings, 1, prefix=prefix))  # ready is not yet consuming
     restarted = time.monotonic()
     worker.start(ready_timeout_s=600)
-    wait_ready(worker, timeout_s=600)
+    worker.wait_ready(timeout_s=600)
     ready_s = round(time.monotonic() - restarted, 1)
     return ready_s, round(worker.wait_drained(timeout_s=600, poll_s=0.2) - restarted, 1)
 
@@ -204,7 +196,7 @@ def run(events: int, accounts: int, latency_s: float, state_accounts: int, workd
         floor_s = asyncio.run(bare_consumer_seconds(settings, raw_topics, events))
 
         worker.start()
-        wait_ready(worker, timeout_s=300)  # as for the floor, joining the group is not timed
+        worker.wait_ready(timeout_s=300)  # as for the floor, joining the group is not timed
         ready, cpu_at_ready = time.time(), worker.cpu_seconds()
         worker.wait_drained(timeout_s=1800, poll_s=0.2)
         result["worker_cpu_us_per_event"] = round((worker.cpu_seconds() - cpu_at_ready) / events * 1e6, 1)

@@ -280,10 +280,7 @@ def test_a_refused_held_segment_stops_the_worker_before_its_state_is_sent_and_a_
 
     worker = start_worker(settings, "first", extra_env={"ABM_WATERMARK_LATENESS_MINUTES": "5"})
     try:
-        deadline = time.monotonic() + 60
-        while not worker.ready():  # its table started: the changelog topic exists (Faust creates it)
-            assert time.monotonic() < deadline, worker.log_tail()
-            time.sleep(0.2)
+        worker.wait_ready(timeout_s=60)  # its table started: the changelog topic exists (Faust creates it)
         configure(local_kafka, changelog, "--add-config", f"max.message.bytes={128 * 1024}")  # after the worker raised it
         asyncio.run(produce(local_kafka.bootstrap, [(topic, None, padded(page_view(f"held-{n}", start + n * 10), 4096)) for n in range(200)]))
         assert_stopped_by_a_refusal(worker)
