@@ -314,7 +314,6 @@ class Checkpoint:
             async with asyncio.timeout(timeout_s):
                 await self.lock.acquire()
                 locked = True
-                self._handing_over.clear()
                 await self.commit()
         except TimeoutError:
             if not locked:
