@@ -220,6 +220,7 @@ def test_a_revocation_while_the_checkpoint_in_flight_cannot_finish_abandons_it_t
         async with checkpoint.lock:
             consume(checkpoint, states, sink, range(0, 2))
             await checkpoint.commit_if_due()  # in flight: its flush does not end
+        await until(lambda: "inserted account_scores,handled" in journal)  # a fresh store's first insert can take 0.3 s
 
         async def agent() -> None:
             async with checkpoint.lock:
