@@ -305,9 +305,13 @@ class Checkpoint:
         """On revocation, before the partitions move: commit, so their next owner starts
         exactly after this worker's work (forwarded events included). If that cannot
         finish in time (the store down), the work is abandoned and redelivered, and its
-        insert is retried no more (the next owner inserts it). If the agents do not even
-        let go of ``lock`` in time, the worker stops: abandoning work an agent is still
-        doing could let part of it through."""
+        insert is retried no more (the next owner inserts it). An insert already at the
+        store is waited for, another ``timeout_s`` at most: landing before the next owner
+        reads what lies past the committed offsets, it is not inserted twice (the worker
+        gives half the session timeout: both waits end well within the group's rebalance
+        timeout). If it does not end, or the agents do not even let go of ``lock`` in
+        time, the worker stops: abandoning work an agent is still doing could let part of
+        it through."""
         self._handing_over.set()
         locked = False
         try:
@@ -321,6 +325,8 @@ class Checkpoint:
                 return
             log.warning("checkpoint did not finish within %.0fs of a revocation; abandoning it", timeout_s)
             self.abandon()
+            if not await self._sink.abandon_writes(timeout_s):
+                await self.fail(TimeoutError(f"an abandoned insert was still at the store {timeout_s:g} s later; it could land after the next owner's"))
         else:
             self._states.forget()  # a revoked partition's states now belong to its next owner
         finally:

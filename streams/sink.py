@@ -53,6 +53,10 @@ class SinkStats:
     failures: int = 0
 
 
+class WriteAbandoned(RuntimeError):
+    """An insert that had not reached the store when its checkpoint was abandoned."""
+
+
 class ClickHouseSink:
     def __init__(
         self,
@@ -68,18 +72,37 @@ class ClickHouseSink:
         self._buffers = {name: TableBuffer(columns) for name, columns in tables.items()}
         self._max_backoff_s = max_backoff_s
         self._on_written = on_written  # told of every batch ClickHouse acknowledged
+        self._writes_generation = 0  # inserts of an earlier generation were abandoned
         self.stats = SinkStats()
         self.failing = False
 
     async def call(self, function: Callable[..., Result], *args: Any) -> Result:
         """``function(client, *args)`` in a thread, never at the same time as another use
         of the store's client."""
+        return await self._call(None, function, *args)
 
+    async def _call(self, generation: int | None, function: Callable[..., Result], *args: Any) -> Result:
         def one_at_a_time() -> Result:
             with self._client_lock:
+                if generation is not None and generation != self._writes_generation:
+                    raise WriteAbandoned("its checkpoint was abandoned")
                 return function(self._client, *args)
 
         return await asyncio.to_thread(one_at_a_time)
+
+    async def abandon_writes(self, timeout_s: float) -> bool:
+        """After this, no insert started before it reaches the store: one still waiting
+        for the client is refused, and the one at the store is waited for (a thread cannot
+        be called back). False when it did not end within ``timeout_s``."""
+        self._writes_generation += 1
+
+        def store_free() -> bool:
+            if not self._client_lock.acquire(timeout=timeout_s):
+                return False
+            self._client_lock.release()
+            return True
+
+        return await asyncio.to_thread(store_free)
 
     def add(self, table: str, rows: list[Sequence[Any]]) -> None:
         self._buffers[table].rows.extend(rows)
@@ -102,20 +125,22 @@ class ClickHouseSink:
 
     async def write(self, taken: dict[str, TableBuffer], dedup_token: str) -> int:
         """Insert rows taken from the buffers; one insert per table, retried until it succeeds."""
-        written = 0
+        written, generation = 0, self._writes_generation
         for table, buffer in taken.items():
-            await self._insert_with_retry(table, buffer, f"{dedup_token}:{table}")
+            await self._insert_with_retry(generation, table, buffer, f"{dedup_token}:{table}")
             written += len(buffer.rows)
             if self._on_written is not None:
                 self._on_written(table, buffer.rows)
         self.stats.rows_written += written
         return written
 
-    async def _insert_with_retry(self, table: str, buffer: TableBuffer, token: str) -> None:
+    async def _insert_with_retry(self, generation: int, table: str, buffer: TableBuffer, token: str) -> None:
         backoff = 0.1
         while True:
             try:
-                await self.call(_insert, table, buffer, token)
+                await self._call(generation, _insert, table, buffer, token)
+            except WriteAbandoned:
+                raise
             except Exception as exc:  # any failure of the store: retry, never drop
                 self.failing = True
                 self.stats.failures += 1

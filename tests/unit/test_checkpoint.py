@@ -243,6 +243,66 @@ def test_a_revocation_while_the_checkpoint_in_flight_cannot_finish_abandons_it_t
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
+def slow_store(store: Client, seconds_per_row: float) -> None:
+    """Inserts into ``handled`` take this long a row at the store (a view that sleeps)."""
+    store.command("CREATE TABLE nothing (x UInt8) ENGINE = Null")
+    store.command(f"CREATE MATERIALIZED VIEW slow_handled TO nothing AS SELECT sleepEachRow({seconds_per_row}) AS x FROM handled")
+
+
+def test_a_revocation_abandoning_an_insert_already_at_the_store_waits_for_it_to_land(store):
+    """An insert cannot be called back once its statement runs. Had the revocation let
+    the partitions go meanwhile, the rows would land after their next owner had read
+    what lies past the committed offsets, and it would insert them again."""
+    slow_store(store, 0.5)
+
+    async def scenario() -> None:
+        checkpoint, states, sink, kafka, journal = protocol(store)
+        async with checkpoint.lock:
+            consume(checkpoint, states, sink, range(0, 4))
+            await checkpoint.commit_if_due()  # its insert takes 2 s; its flush never ends
+        await until(lambda: sink._client_lock.locked())
+        await checkpoint.hand_over(timeout_s=1.5)  # abandons it after 1.5 s
+        assert not sink._client_lock.locked()  # the insert had ended (a query now would wait for it)
+        assert handled(store) == [0, 1, 2, 3]
+        assert (kafka.commits, checkpoint.failure) == ([], None)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert store.query("SELECT count() FROM account_scores").result_rows == [(0,)]  # the next insert was refused
+
+
+def test_a_revocation_abandoning_an_insert_that_stays_at_the_store_stops_the_worker(store):
+    slow_store(store, 0.4)
+
+    async def scenario() -> None:
+        checkpoint, states, sink, kafka, journal = protocol(store)
+        async with checkpoint.lock:
+            consume(checkpoint, states, sink, range(0, 6))
+            await checkpoint.commit_if_due()  # its insert takes 2.4 s
+        await until(lambda: sink._client_lock.locked())
+        await checkpoint.hand_over(timeout_s=0.3)
+        assert journal[-1] == "worker stopped: an abandoned insert was still at the store 0.3 s later; it could land after the next owner's"
+        await sink.call(lambda client: None)  # the insert ended (the worker's exit would end it)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_an_insert_still_waiting_for_the_store_when_its_checkpoint_is_abandoned_never_reaches_it(store):
+    async def scenario() -> None:
+        checkpoint, states, sink, kafka, journal = protocol(store)
+        busy = asyncio.create_task(sink.call(lambda client: client.command("SELECT sleep(0.8)")))  # another statement, slow
+        await until(lambda: sink._client_lock.locked())
+        async with checkpoint.lock:
+            consume(checkpoint, states, sink, range(0, 2))
+            await checkpoint.commit_if_due()  # its insert waits for the statement
+        await checkpoint.hand_over(timeout_s=0.6)
+        await busy
+        await sink.call(lambda client: None)  # every thread that wanted the client had it
+        assert handled(store) == []
+        assert (kafka.commits, checkpoint.failure) == ([], None)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
 def test_a_revocation_that_an_agent_keeps_from_the_lock_stops_the_worker(store):
     async def scenario() -> None:
         checkpoint, states, sink, kafka, journal = protocol(store)
