@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from processors.scoring import DAY_MS, RETENTION_DAYS, SENIORITIES, ScoringConfig
+from processors.scoring import DAY_MS, DEFAULT_MAX_CONTACTS, RETENTION_DAYS, SENIORITIES, ScoringConfig
 from processors.stages import StageRules
 from schemas.events import EVENT_TYPES
 
@@ -22,7 +22,9 @@ def merged(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, A
     return result
 
 
-def parse_rules(document: Mapping[str, Any], half_life_ms: float, cap_memory_ms: int) -> tuple[ScoringConfig, StageRules]:
+def parse_rules(
+    document: Mapping[str, Any], half_life_ms: float, cap_memory_ms: int, max_contacts: int = DEFAULT_MAX_CONTACTS
+) -> tuple[ScoringConfig, StageRules]:
     weights = {kind: float(w) for kind, w in document["weights"].items()}
     caps = {kind: int(n) for kind, n in document["daily_caps"].items()}
     for table, keys in (("weights", weights), ("daily_caps", caps)):
@@ -52,7 +54,7 @@ def parse_rules(document: Mapping[str, Any], half_life_ms: float, cap_memory_ms:
     )
     if rules.contacts_window_ms > RETENTION_DAYS * DAY_MS:
         raise ValueError(f"[stages.consideration] contacts_window_days is at most {RETENTION_DAYS}")
-    config = ScoringConfig(weights, caps, seniority, half_life_ms=half_life_ms, cap_memory_ms=cap_memory_ms)
+    config = ScoringConfig(weights, caps, seniority, half_life_ms=half_life_ms, cap_memory_ms=cap_memory_ms, max_contacts=max_contacts)
     return config, rules
 
 

@@ -18,6 +18,7 @@ and event day.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sys
 from array import array
@@ -42,6 +43,10 @@ else:
 DAY_MS: Final = 86_400_000
 ROLLING_WINDOWS_DAYS: Final = (7, 30, 90)  # rolling counts per type, engaged contacts (30, 90)
 RETENTION_DAYS: Final = max(ROLLING_WINDOWS_DAYS)
+DEFAULT_MAX_CONTACTS: Final = 20_000  # per account (ScoringConfig.max_contacts)
+# A contact id may take 2,048 characters: a state keys a longer one than this by its digest,
+# so that its remembered contacts stay within a changelog record whatever their ids.
+MAX_CONTACT_KEY_CHARS: Final = 64
 SENIORITIES: Final = ("c_level", "vp", "director", "manager", "other")
 
 # First match wins: "Vice President" is a VP before it is a president.
@@ -276,6 +281,10 @@ class ScoringConfig:
     seniority: dict[str, float]  # multiplier per SENIORITIES entry
     half_life_ms: float = 30 * DAY_MS
     cap_memory_ms: int = 2 * DAY_MS
+    # Engaged contacts an account remembers (the most recent), and twice as many capped-day
+    # memories: a scraper's thousands of visitor ids a day must not grow one account's
+    # state past what one changelog record takes, which would stop the worker for good.
+    max_contacts: int = DEFAULT_MAX_CONTACTS
 
 
 def decay(half_life_ms: float, elapsed_ms: float) -> float:
@@ -339,6 +348,8 @@ def apply_event(state: AccountState, event: dict[str, Any], config: ScoringConfi
     kind = event["type"]
     weight = event_weight(event, config)
     contact = event.get("contact_id") or event.get("email")
+    if contact and len(contact) > MAX_CONTACT_KEY_CHARS:
+        contact = _contact_digest(contact)
     day = at // DAY_MS
     if weight > 0:
         cap = config.daily_caps.get(kind)
@@ -350,6 +361,8 @@ def apply_event(state: AccountState, event: dict[str, Any], config: ScoringConfi
             state.last_engaged_ms = at
         if contact and at > state.contacts.get(contact, 0):
             state.contacts[contact] = at
+            if len(state.contacts) > config.max_contacts + config.max_contacts // 8:
+                _forget_least_recent(state.contacts, config.max_contacts)
     state.events_total += 1
     state.counts[kind] = state.counts.get(kind, 0) + 1
     today = state.daily.get(day)
@@ -378,6 +391,8 @@ def _count_capped(state: AccountState, key: str, cap: int, at: int, weight: floa
     counted = state.capped.get(key)
     if counted is None:
         state.capped[key] = [[at, weight]]
+        if len(state.capped) > 2 * config.max_contacts + config.max_contacts // 4:
+            _forget_earliest_days(state.capped, 2 * config.max_contacts)
     elif len(counted) < cap:
         counted.append([at, weight])
     else:
@@ -388,6 +403,33 @@ def _count_capped(state: AccountState, key: str, cap: int, at: int, weight: floa
         _add(state, -latest[1], int(latest[0]), config)
         counted.append([at, weight])
     _add(state, weight, at, config)
+
+
+def _contact_digest(contact: str) -> str:
+    return "#" + hashlib.blake2b(contact.encode(), digest_size=16).hexdigest()
+
+
+def _forget_least_recent(contacts: dict[str, int], keep: int) -> None:
+    """Keeps the ``keep`` contacts engaged last (ties: the greater id), whatever the
+    order they were noted in. Called once an eighth more have come: O(log n) a contact."""
+    for contact, _ in sorted(contacts.items(), key=_latest_order)[: len(contacts) - keep]:
+        del contacts[contact]
+
+
+def _latest_order(item: tuple[str, int]) -> tuple[int, str]:
+    contact, at = item
+    return at, contact
+
+
+def _forget_earliest_days(capped: dict[str, list[list[float]]], keep: int) -> None:
+    """Keeps the ``keep`` capped-day memories of the latest days (ties: the greater key).
+    A contact's forgotten day counts its later events of that day anew, up to its cap."""
+    for key in sorted(capped, key=_day_order)[: len(capped) - keep]:
+        del capped[key]
+
+
+def _day_order(key: str) -> tuple[int, str]:
+    return int(key.partition("|")[0]), key
 
 
 def _cap_order(counted: list[float]) -> tuple[float, float]:

@@ -14,6 +14,7 @@ of the account's events, so it does not depend on when the watermark reaches it.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 from typing import Any, Final
@@ -121,7 +122,7 @@ def holds_until(state: AccountState, at_ms: int, rules: StageRules, config: Scor
     if needed <= 0:
         contacts_until = FOREVER
     elif len(state.contacts) >= needed:  # the needed-th most recent contact ages out last
-        contacts_until = float(sorted(state.contacts.values(), reverse=True)[needed - 1] + rules.contacts_window_ms)  # float as its alternatives (mypyc)
+        contacts_until = float(heapq.nlargest(needed, state.contacts.values())[-1] + rules.contacts_window_ms)  # float as its alternatives (mypyc)
     else:
         contacts_until = NEVER
     consideration = min(score_until, contacts_until)

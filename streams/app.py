@@ -130,7 +130,9 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
     partitions = settings.topic_partitions
     dedup = DedupPolicy(horizon_ms=int(settings.dedup_horizon_hours * 3_600_000), max_ids=settings.dedup_max_ids_per_account)
     # a capped day is remembered as long as duplicates are: late within it scores exactly
-    config, rules = load_rules(settings.engagement_rules, settings.score_half_life_days * 86_400_000, dedup.horizon_ms)
+    config, rules = load_rules(
+        settings.engagement_rules, settings.score_half_life_days * 86_400_000, dedup.horizon_ms, settings.max_contacts_per_account
+    )
     stats = PipelineStats()
 
     raw_topic = app.topic(*[settings.topic(name) for name in source_topics()], value_type=bytes)

@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from processors.scoring import DEFAULT_MAX_CONTACTS
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ABM_", frozen=True, extra="ignore")
@@ -82,6 +84,9 @@ class Settings(BaseSettings):
 
     # Scoring
     score_half_life_days: float = Field(30.0, gt=0, description="half-life of an event's score contribution")
+    max_contacts_per_account: int = Field(
+        DEFAULT_MAX_CONTACTS, ge=100, description="engaged contacts an account's state remembers, the most recent (and twice as many capped-day memories)"
+    )
     engagement_rules: Path | None = Field(
         None, description="TOML file overriding keys of the shipped engagement rules (weights, caps, seniority, stages)"
     )

@@ -77,7 +77,7 @@ def digest(events: int) -> dict[str, Any]:
     from streams.simulator import AccountUniverse
 
     dedup = DedupPolicy(horizon_ms=48 * 3_600_000, max_ids=2_000)
-    config, rules = load_rules(None, 14 * 86_400_000, dedup.horizon_ms)
+    config, rules = load_rules(None, 14 * 86_400_000, dedup.horizon_ms, max_contacts=4)  # its accounts outgrow it: forgetting is compared too
     directory = AccountDirectory(max_contacts=10_000)
     for account in AccountUniverse.build(42, 60).accounts[:45]:  # the rest wait
         directory.learn_account(account.account_id, [account.domain])
