@@ -361,8 +361,7 @@ def apply_event(state: AccountState, event: dict[str, Any], config: ScoringConfi
             state.last_engaged_ms = at
         if contact and at > state.contacts.get(contact, 0):
             state.contacts[contact] = at
-            if len(state.contacts) > config.max_contacts + config.max_contacts // 8:
-                _forget_least_recent(state.contacts, config.max_contacts)
+            _bound(state.contacts, config.max_contacts, _latest_order)
     state.events_total += 1
     state.counts[kind] = state.counts.get(kind, 0) + 1
     today = state.daily.get(day)
@@ -391,8 +390,8 @@ def _count_capped(state: AccountState, key: str, cap: int, at: int, weight: floa
     counted = state.capped.get(key)
     if counted is None:
         state.capped[key] = [[at, weight]]
-        if len(state.capped) > 2 * config.max_contacts + config.max_contacts // 4:
-            _forget_earliest_days(state.capped, 2 * config.max_contacts)
+        # a contact whose day is forgotten counts its later events of that day anew, up to its cap
+        _bound(state.capped, 2 * config.max_contacts, _day_order)
     elif len(counted) < cap:
         counted.append([at, weight])
     else:
@@ -409,26 +408,24 @@ def _contact_digest(contact: str) -> str:
     return "#" + hashlib.blake2b(contact.encode(), digest_size=16).hexdigest()
 
 
-def _forget_least_recent(contacts: dict[str, int], keep: int) -> None:
-    """Keeps the ``keep`` contacts engaged last (ties: the greater id), whatever the
-    order they were noted in. Called once an eighth more have come: O(log n) a contact."""
-    for contact, _ in sorted(contacts.items(), key=_latest_order)[: len(contacts) - keep]:
-        del contacts[contact]
+def _bound(memories: dict[str, Any], keep: int, order: Callable[[tuple[str, Any]], tuple[int, str]]) -> None:
+    """Once an eighth more than ``keep`` have come, forgets the earliest entries in
+    ``order`` (ties: by key) down to ``keep``, whatever the order they were noted in:
+    O(log n) an entry."""
+    if len(memories) > keep + keep // 8:
+        for key, _ in sorted(memories.items(), key=order)[: len(memories) - keep]:
+            del memories[key]
 
 
-def _latest_order(item: tuple[str, int]) -> tuple[int, str]:
-    contact, at = item
-    return at, contact
+def _latest_order(contact: tuple[str, Any]) -> tuple[int, str]:
+    """A contact by when it was engaged last."""
+    key, at = contact
+    return int(at), key
 
 
-def _forget_earliest_days(capped: dict[str, list[list[float]]], keep: int) -> None:
-    """Keeps the ``keep`` capped-day memories of the latest days (ties: the greater key).
-    A contact's forgotten day counts its later events of that day anew, up to its cap."""
-    for key in sorted(capped, key=_day_order)[: len(capped) - keep]:
-        del capped[key]
-
-
-def _day_order(key: str) -> tuple[int, str]:
+def _day_order(capped: tuple[str, Any]) -> tuple[int, str]:
+    """A capped-day memory ("day|type|contact") by its day."""
+    key, _ = capped
     return int(key.partition("|")[0]), key
 
 
