@@ -30,6 +30,7 @@ from processors.dedup import DedupPolicy
 from processors.identity import AccountDirectory
 from processors.routing import EVENTS_PER_MESSAGE, LearnedContact, add_to_partition, attribute, forwarded_events, forwarded_messages, keys_resolved_by, route_batch
 from processors.validation import Rejection
+from processors.waiting import WaitingKeys
 from schemas.events import TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, source_topics
 from streams.checkpoint import Checkpoint
 from streams.directory import DirectoryFeed, contact_record
@@ -45,7 +46,7 @@ from streams.staging import StageClock
 from streams.state import AccountStates, TableChangelog
 from streams.store import dead_lettered_positions, rebuild_derived, stored_event_positions
 from streams.topics import DEAD_LETTER_PART_BYTES, OUTPUT_MESSAGE_MAX_BYTES, OUTPUT_TOPIC_CONFIGS, STATE_MAX_BYTES, STATE_TABLE, consumed_topics
-from streams.unresolved import RESOLUTION_COLUMNS, UNRESOLVED_COLUMNS, pending_events, resolution_row, unresolved_row, waiting_domains
+from streams.unresolved import RESOLUTION_COLUMNS, UNRESOLVED_COLUMNS, pending_events, resolution_row, unresolved_row, waiting_digests
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
     unresolved = settings.topic(TOPIC_UNRESOLVED)
     contacts_topic = settings.topic(TOPIC_CONTACTS)
     directory = AccountDirectory(max_contacts=settings.directory_max_contacts)
-    waiting = set(waiting_domains(client))  # domains some unresolved event waits on
+    waiting = WaitingKeys(waiting_digests(client))  # what some unresolved event waits on
     # bytes types make the changelog raw: the store and topic hold AccountState.to_bytes() as is
     table = app.Table(
         STATE_TABLE,
@@ -221,7 +222,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
     async def reroute_waiting(learned_keys: set[str]) -> None:
         """Re-routes the events that waited on what the directory just learned (domains,
         contacts); the caller holds the checkpoint lock."""
-        keys = learned_keys & waiting
+        keys = waiting.among(learned_keys)
         if not keys or checkpoint.closed:
             return
         await checkpoint.commit()  # unresolved rows still buffered reach ClickHouse first
@@ -239,12 +240,12 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
         await forward(by_partition, learned)
         await checkpoint.wait_sent()  # forwarded before they are marked resolved
         sink.add("unresolved_resolutions", resolutions)
-        waiting.difference_update(keys)
+        waiting.discard(keys)
         stats.resolved_later += len(resolutions)
         await reroute_waiting(keys_resolved_by(learned))  # contacts those events taught
 
     async def directory_learned(keys: set[str]) -> None:
-        if keys & waiting:
+        if waiting.among(keys):
             async with checkpoint.lock:
                 await reroute_waiting(keys)
 
@@ -295,7 +296,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
                 for index, rejection in routed.rejected:
                     await dead_letter(fresh[index], rejection)
                 await checkpoint.send_keyed(unresolved, [((waiting_on or "").encode(), orjson.dumps(event)) for _, event, waiting_on in routed.unresolved])
-                waiting.update(waiting_on for _, _, waiting_on in routed.unresolved if waiting_on)
+                waiting.add(waiting_on for _, _, waiting_on in routed.unresolved if waiting_on)
                 sink.add("unresolved_events", [unresolved_row(event, waiting_on) for _, event, waiting_on in routed.unresolved])
                 await forward(routed.by_partition, routed.learned_contacts)
                 stats.raw_in += len(fresh)

@@ -57,7 +57,13 @@ def pending_events(client: Client, domains: Iterable[str]) -> list[tuple[str, di
     return found
 
 
-def waiting_domains(client: Client) -> Sequence[str]:
-    """Every domain some unresolved event still waits on."""
-    rows = client.query("SELECT DISTINCT waiting_on FROM unresolved_pending WHERE waiting_on != ''").result_rows
-    return [domain for (domain,) in rows]
+# processors.waiting.key_digest of the key ``waiting_on``, computed by the store
+WAITING_DIGEST_SQL = "reinterpretAsUInt64(MD5(waiting_on))"
+
+
+def waiting_digests(client: Client) -> Sequence[int]:
+    """The digest of every key some unresolved event still waits on, ascending."""
+    result = client.query(
+        f"SELECT DISTINCT {WAITING_DIGEST_SQL} AS digest FROM unresolved_pending WHERE waiting_on != '' ORDER BY digest"
+    )
+    return result.result_columns[0] if result.result_columns else []
