@@ -62,6 +62,29 @@ def route_batch(
     return routed
 
 
+@dataclass(slots=True)
+class ReroutedBatch:
+    by_partition: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    resolved: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (waited on, event now attributed)
+    still_waiting: set[str] = field(default_factory=set)  # keys some of the events still wait on
+    learned_contacts: list[LearnedContact] = field(default_factory=list)
+
+
+def reroute_pending(pending: Sequence[tuple[str, dict[str, Any]]], partitions: int, directory: AccountDirectory) -> ReroutedBatch:
+    """Events that waited, resolved as the directory stands now. One whose key was learned
+    and then lost again (a domain reassigned meanwhile) waits on, and so does its key."""
+    rerouted = ReroutedBatch()
+    for waiting_on, event in pending:
+        account_id = directory.resolve(event).account_id
+        if account_id is None:
+            rerouted.still_waiting.add(waiting_on)
+            continue
+        attribute(event, account_id, directory, rerouted.learned_contacts)
+        add_to_partition(rerouted.by_partition, event, partitions)
+        rerouted.resolved.append((waiting_on, event))
+    return rerouted
+
+
 def attribute(event: dict[str, Any], account_id: str, directory: AccountDirectory, learned: list[LearnedContact]) -> None:
     """Gives the event its account (and its contact's seniority, when known); a contact
     it names now stays with that account."""

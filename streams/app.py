@@ -28,7 +28,7 @@ from clickhouse_connect.driver.client import Client
 
 from processors.dedup import DedupPolicy
 from processors.identity import AccountDirectory
-from processors.routing import EVENTS_PER_MESSAGE, LearnedContact, add_to_partition, attribute, forwarded_events, forwarded_messages, keys_resolved_by, route_batch
+from processors.routing import EVENTS_PER_MESSAGE, LearnedContact, forwarded_events, forwarded_messages, keys_resolved_by, reroute_pending, route_batch
 from processors.validation import Rejection
 from processors.waiting import WaitingKeys
 from schemas.events import TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, source_topics
@@ -226,23 +226,14 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
         if not keys or checkpoint.closed:
             return
         await checkpoint.commit()  # unresolved rows still buffered reach ClickHouse first
-        by_partition: dict[int, list[dict[str, Any]]] = {}
-        learned: list[LearnedContact] = []
-        resolutions = []
-        now_ms = int(time.time() * 1000)
-        for waiting_on, event in await sink.call(pending_events, keys):
-            account_id = directory.resolve(event).account_id
-            if account_id is None:  # its domain was reassigned meanwhile: it waits on
-                continue
-            attribute(event, account_id, directory, learned)
-            add_to_partition(by_partition, event, partitions)
-            resolutions.append(resolution_row(event, waiting_on, now_ms))
-        await forward(by_partition, learned)
+        rerouted = reroute_pending(await sink.call(pending_events, keys), partitions, directory)
+        await forward(rerouted.by_partition, rerouted.learned_contacts)
         await checkpoint.wait_sent()  # forwarded before they are marked resolved
-        sink.add("unresolved_resolutions", resolutions)
-        waiting.discard(keys)
-        stats.resolved_later += len(resolutions)
-        await reroute_waiting(keys_resolved_by(learned))  # contacts those events taught
+        now_ms = int(time.time() * 1000)
+        sink.add("unresolved_resolutions", [resolution_row(event, waiting_on, now_ms) for waiting_on, event in rerouted.resolved])
+        waiting.discard(keys - rerouted.still_waiting)
+        stats.resolved_later += len(rerouted.resolved)
+        await reroute_waiting(keys_resolved_by(rerouted.learned_contacts))  # contacts those events taught
 
     async def directory_learned(keys: set[str]) -> None:
         if waiting.among(keys):

@@ -7,11 +7,13 @@ from hypothesis import given, strategies as st
 from processors.identity import (
     AccountDirectory,
     Method,
+    account_partition,
     is_personal_domain,
     normalize_email,
     registrable_domain,
     waiting_keys,
 )
+from processors.routing import reroute_pending
 
 
 def directory(**accounts: list[str]) -> AccountDirectory:
@@ -131,3 +133,18 @@ def test_normalize_email_is_idempotent(text):
 def test_registrable_domain_is_idempotent(host):
     domain = registrable_domain(host)
     assert domain is None or registrable_domain(domain) == domain
+
+
+def test_rerouted_events_resolve_as_the_directory_stands_and_the_rest_wait_on():
+    d = directory(a1=["acme.com"], a2=["later.io"])
+    d.forget_account("a2")  # later.io was learned, then its account record lost it again
+    pending = [
+        ("acme.com", {"event_id": "e1", "email": "jane@acme.com", "contact_id": "c1"}),
+        ("later.io", {"event_id": "e2", "account_domain": "later.io"}),
+        ("acme.com", {"event_id": "e3", "account_domain": "www.acme.com"}),
+    ]
+    rerouted = reroute_pending(pending, 4, d)
+    assert [(key, event["event_id"], event["account_id"]) for key, event in rerouted.resolved] == [("acme.com", "e1", "a1"), ("acme.com", "e3", "a1")]
+    assert rerouted.still_waiting == {"later.io"}
+    assert rerouted.by_partition == {account_partition("a1", 4): [event for _, event in rerouted.resolved]}
+    assert rerouted.learned_contacts == [("c1", "jane@acme.com", "a1")]
