@@ -41,10 +41,10 @@ from streams.offsets import OffsetGuard
 from streams.rows import account_rows, dead_letter_row, event_row
 from streams.rules import load_rules
 from streams.settings import Settings
-from streams.sink import ACCOUNT_COLUMNS, DEAD_LETTER_COLUMNS, EVENT_COLUMNS, TRANSITION_COLUMNS, ClickHouseSink
+from streams.sink import ACCOUNT_COLUMNS, CLAIMED_EVENT_COLUMNS, CLAIMED_EVENTS, DEAD_LETTER_COLUMNS, TRANSITION_COLUMNS, ClickHouseSink
 from streams.staging import StageClock
 from streams.state import AccountStates, TableChangelog
-from streams.store import dead_lettered_positions, rebuild_derived, stored_event_positions
+from streams.store import claim_partitions, dead_lettered_positions, rebuild_derived, stored_event_positions
 from streams.topics import DEAD_LETTER_PART_BYTES, OUTPUT_MESSAGE_MAX_BYTES, OUTPUT_TOPIC_CONFIGS, STATE_MAX_BYTES, STATE_TABLE, consumed_topics
 from streams.unresolved import RESOLUTION_COLUMNS, UNRESOLVED_COLUMNS, pending_events, resolution_row, unresolved_row, waiting_digests
 
@@ -159,7 +159,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
     sink = ClickHouseSink(
         client,
         {
-            "events": EVENT_COLUMNS,
+            CLAIMED_EVENTS: CLAIMED_EVENT_COLUMNS,
             "account_scores": ACCOUNT_COLUMNS,
             "stage_transitions": TRANSITION_COLUMNS,
             "unresolved_events": UNRESOLVED_COLUMNS,
@@ -186,6 +186,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
     # offsets (inserted by a checkpoint that died before its commit, possibly only in part):
     # their events come again and are not inserted twice. Set on every assignment.
     stored_ahead: set[tuple[int, int, int]] = set()
+    claims: dict[int, int] = {}  # by-account partition -> this owner's claim (streams.store.claim_partitions)
     # Faust resumes the flow once tables recover, possibly before on_assigned has read
     # them: the score agent waits for it.
     stored_ahead_known = asyncio.Event()
@@ -307,9 +308,9 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
                 forwarded = [(m.partition, forwarded_events(m.partition, m.offset, m.value)) for m in fresh]
                 folded = stage_clock.fold(forwarded)
                 sink.add(
-                    "events",
+                    CLAIMED_EVENTS,
                     [
-                        event_row(event, *event["_src"])
+                        event_row(event, *event["_src"], claims[event["_src"][0]])
                         for event in folded.applied
                         if event["_src"] not in stored_ahead
                     ],
@@ -337,6 +338,8 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
             lags = [item for item in await group_lag(settings.kafka_bootstrap, settings.app_id, [by_account_topic.get_topic_name()]) if item.partition in owned]
             async with checkpoint.lock:
                 committed = {item.partition: item.committed for item in lags}
+                claims.clear()
+                claims.update(await sink.call(claim_partitions, owned))  # first: no earlier owner's insert lands after it
                 stored_ahead.clear()
                 stored_ahead.update(await sink.call(stored_event_positions, committed))
                 if stored_ahead:  # a worker was killed after an insert: its views may lack the rows

@@ -11,10 +11,10 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from streams.sink import EVENT_COLUMNS
+from streams.sink import CLAIMED_EVENT_COLUMNS, CLAIMED_EVENTS
 
-EVENT_OCCURRED_AT = EVENT_COLUMNS.index("occurred_at")
-EVENT_RECEIVED_AT = EVENT_COLUMNS.index("received_at")
+EVENT_OCCURRED_AT = CLAIMED_EVENT_COLUMNS.index("occurred_at")
+EVENT_RECEIVED_AT = CLAIMED_EVENT_COLUMNS.index("received_at")
 
 
 @dataclass(slots=True)
@@ -85,7 +85,7 @@ class EventLatencies:
     since_received: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def on_written(self, table: str, rows: list[Any]) -> None:
-        if table != "events":
+        if table != CLAIMED_EVENTS:
             return
         now_ms = int(time.time() * 1000)
         self.since_occurred.observe_ms(now_ms, (row[EVENT_OCCURRED_AT] for row in rows))

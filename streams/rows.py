@@ -14,7 +14,8 @@ from processors.stages import StageTransition
 TRANSITION_FIELDS = tuple(field.name for field in fields(StageTransition))
 
 
-def event_row(event: dict[str, Any], partition: int, offset: int, index: int) -> tuple[Any, ...]:
+def event_row(event: dict[str, Any], partition: int, offset: int, index: int, claim: int) -> tuple[Any, ...]:
+    """The event's row of ``events_claimed``, with its partition's claim (streams.store.claim_partitions)."""
     properties = event.get("properties")
     return (
         event["event_id"],
@@ -32,6 +33,7 @@ def event_row(event: dict[str, Any], partition: int, offset: int, index: int) ->
         partition,
         offset,
         index,
+        claim,
     )
 
 

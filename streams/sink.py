@@ -24,6 +24,10 @@ EVENT_COLUMNS = (
     "event_id", "type", "source", "account_id", "contact_id", "email", "campaign_id", "url",
     "content_id", "occurred_at", "received_at", "properties", "src_partition", "src_offset", "src_index",
 )
+# The sink's way into `events` (schemas/clickhouse/005_claimed_events.sql): each row
+# carries its partition's claim, and lands only while that claim is the partition's latest.
+CLAIMED_EVENTS = "events_claimed"
+CLAIMED_EVENT_COLUMNS = (*EVENT_COLUMNS, "claim")
 ACCOUNT_COLUMNS = (
     "account_id", "engagement_score", "score_at", "stage", "stage_since", "events_total", "email_opens",
     "email_clicks", "page_views", "webinar_signups", "engaged_contacts_90d", "first_event_at",

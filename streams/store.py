@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from urllib.parse import unquote, urlparse
@@ -162,6 +163,24 @@ def stored_event_positions(client: Client, from_offsets: dict[int, int]) -> set[
         return set()
     rows = client.query(f"SELECT src_partition, src_offset, src_index FROM events WHERE {_past(from_offsets)}").result_rows
     return {(int(p), int(o), int(i)) for p, o, i in rows}
+
+
+def claim_partitions(client: Client, partitions: Iterable[int]) -> dict[int, int]:
+    """Claims by-account partitions for their new owner, each above every earlier claim of
+    it, and returns the claims its event rows must carry (schemas/clickhouse/005). Called
+    at every assignment before the rows past the committed offsets are read: an earlier
+    owner's insert executed after this lands nothing."""
+    wanted = sorted(set(partitions))
+    if not wanted:
+        return {}
+    latest = client.query(
+        "SELECT partition, max(claim) FROM partition_claims WHERE partition IN {partitions:Array(UInt16)} GROUP BY partition",
+        parameters={"partitions": wanted},
+    ).result_rows
+    claimed = {int(partition): int(claim) for partition, claim in latest}
+    claims = {partition: claimed.get(partition, 0) + 1 for partition in wanted}
+    client.insert("partition_claims", [[partition, claim] for partition, claim in claims.items()], column_names=["partition", "claim"])
+    return claims
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,8 +26,8 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from streams.rows import event_row
-from streams.sink import ACCOUNT_COLUMNS, EVENT_COLUMNS, TRANSITION_COLUMNS, ClickHouseSink
-from streams.store import MIGRATIONS_TABLE, apply_migrations, load_migrations
+from streams.sink import ACCOUNT_COLUMNS, CLAIMED_EVENT_COLUMNS, CLAIMED_EVENTS, TRANSITION_COLUMNS, ClickHouseSink
+from streams.store import MIGRATIONS_TABLE, apply_migrations, claim_partitions, load_migrations
 from tests.conftest import server_database
 
 UTC = dt.timezone.utc
@@ -53,7 +53,7 @@ class Events:
             "event_id": f"e{n}", "type": kind, "source": "test", "account_id": account, "contact_id": contact,
             "occurred_at_ms": ms, "received_at_ms": ms, "properties": fields.pop("properties", None), **fields,
         }
-        self.rows.append(event_row(event, 0, n, 0))
+        self.rows.append(event_row(event, 0, n, 0, claim=1))  # partition 0's first claim (load)
 
 
 def dataset() -> Events:
@@ -154,7 +154,8 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 def load(client: Client) -> None:
-    sink = ClickHouseSink(client, {"events": EVENT_COLUMNS, "account_scores": ACCOUNT_COLUMNS, "stage_transitions": TRANSITION_COLUMNS})
+    assert claim_partitions(client, [0]) == {0: 1}
+    sink = ClickHouseSink(client, {CLAIMED_EVENTS: CLAIMED_EVENT_COLUMNS, "account_scores": ACCOUNT_COLUMNS, "stage_transitions": TRANSITION_COLUMNS})
     transitions = [(a, f, t, at(d), 0.0, f"{a}-{t}", f"{t} rule met") for a, f, t, d in TRANSITIONS]
     scores = [
         score_row("acc-a", 40.0, "decision", 3, 5),  # an older version of acc-a
@@ -163,7 +164,7 @@ def load(client: Client) -> None:
         score_row("acc-d", 20.0, "consideration", 1, 7),
     ]
     for _ in range(2):  # the same batch, retried with the same token
-        sink.add("events", dataset().rows)
+        sink.add(CLAIMED_EVENTS, dataset().rows)
         sink.add("stage_transitions", transitions)
         sink.add("account_scores", scores)
         asyncio.run(sink.write(sink.take(), "batch-1"))

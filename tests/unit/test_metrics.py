@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from streams.metrics import LATENCY_BUCKETS_S, EventLatencies, LatencyHistogram
-from streams.sink import EVENT_COLUMNS
+from streams.sink import CLAIMED_EVENT_COLUMNS, CLAIMED_EVENTS
 
 
 def test_latencies_fall_in_their_buckets_and_export_cumulatively():
@@ -22,8 +22,8 @@ def test_latencies_fall_in_their_buckets_and_export_cumulatively():
 
 def test_only_event_rows_are_observed():
     latencies = EventLatencies()
-    row = [0] * len(EVENT_COLUMNS)
+    row = [0] * len(CLAIMED_EVENT_COLUMNS)
     latencies.on_written("account_scores", [row])
     assert sum(latencies.since_occurred.counts) == 0
-    latencies.on_written("events", [row, row])
+    latencies.on_written(CLAIMED_EVENTS, [row, row])
     assert sum(latencies.since_occurred.counts) == sum(latencies.since_received.counts) == 2

@@ -9,6 +9,7 @@ database, so they never touch the real tables nor each other's ``schema_migratio
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import uuid
@@ -22,7 +23,9 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from streams import store
+from streams.rows import event_row
 from streams.settings import Settings
+from streams.sink import CLAIMED_EVENT_COLUMNS, CLAIMED_EVENTS, ClickHouseSink
 from streams.store import MIGRATIONS_TABLE, Migration, apply_migrations, data_location, load_migrations, open_client
 
 CORE_TABLES = ("events", "account_scores", "stage_transitions")
@@ -482,3 +485,44 @@ def test_rebuilding_keeps_the_derived_rows_older_than_the_retention(database_cli
     store.rebuild_derived(db, {1: 10}, retention_days=30)
     engaged = db.query("SELECT day, sum(events) FROM account_daily_engagement GROUP BY day ORDER BY day").result_rows
     assert engaged == [(old.date(), 2), (recent.date(), 1)]  # the old day as it was; the late event there is not repaired
+
+
+# ------------------------------------------------------------------------ claimed partitions
+
+
+def test_an_earlier_owners_late_insert_lands_nothing_once_the_partition_is_claimed_again(database_client):
+    """The insert of a checkpoint a revocation abandoned can reach a server after the
+    partition's next owner read what lies past the committed offsets: it must not land
+    there, nor in the views over events. The owner of the other partition is unaffected,
+    and a retried insert still lands once."""
+    db = database_client()
+    apply_migrations(db)
+    at = int(datetime(2026, 11, 2, 9, tzinfo=timezone.utc).timestamp() * 1000)
+
+    def rows(claims: dict[int, int], prefix: str) -> list[tuple]:
+        event = {"type": "email_open", "source": "src", "account_id": "acc-a", "campaign_id": "camp-1", "occurred_at_ms": at, "received_at_ms": at}
+        return [event_row({**event, "event_id": f"{prefix}{p}"}, p, 7, 0, claim) for p, claim in claims.items()]
+
+    def write(claims: dict[int, int], prefix: str, token: str) -> None:
+        sink = ClickHouseSink(db, {CLAIMED_EVENTS: CLAIMED_EVENT_COLUMNS})
+        sink.add(CLAIMED_EVENTS, rows(claims, prefix))
+        asyncio.run(sink.write(sink.take(), token))
+
+    def landed() -> tuple[list, list]:
+        return (
+            db.query("SELECT event_id FROM events ORDER BY event_id").result_rows,
+            db.query("SELECT event_id FROM campaign_facts ORDER BY event_id").result_rows,
+        )
+
+    first = store.claim_partitions(db, [1, 0, 1])
+    assert first == {0: 1, 1: 1}
+    write(first, "first-", "t1")
+    write(first, "first-", "t1")  # retried: the same token
+    assert landed() == ([("first-0",), ("first-1",)],) * 2
+
+    assert store.claim_partitions(db, [0]) == {0: 2}  # partition 0 moved to a next owner
+    write(first, "late-", "t2")  # the earlier owner's insert, arriving now
+    assert landed() == ([("first-0",), ("first-1",), ("late-1",)],) * 2
+    write({0: 2}, "next-", "t3")
+    assert landed() == ([("first-0",), ("first-1",), ("late-1",), ("next-0",)],) * 2
+    assert store.claim_partitions(db, []) == {}
