@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -158,13 +159,19 @@ def store_commands(settings: Settings, *statements: str) -> None:
 class TcpProxy:
     """A real TCP proxy on a free loopback port (its own thread and event loop) to
     ``host:port``. ``cut()`` drops every connection through it and refuses new ones, as
-    a network partition does; ``restore()`` accepts again."""
+    a network partition does; ``restore()`` accepts again. ``delay_requests(s)`` holds
+    what clients send for ``s`` seconds before it reaches ``host:port`` (a congested
+    link or a store slow to take requests): bytes on their way arrive even if their
+    client has gone meanwhile, as they would over a network."""
 
     def __init__(self, host: str, port: int) -> None:
         self.port = free_port()
         self._target = (host, port)
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._request_delay_s = 0.0
+        self.held_delivered_at: list[float] = []  # time.monotonic() of each held chunk's delivery
+        self._in_transit = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -188,6 +195,14 @@ class TcpProxy:
 
         self._run(drop())
 
+    def delay_requests(self, seconds: float) -> None:
+        self._request_delay_s = seconds
+
+    @property
+    def in_transit(self) -> int:
+        """Chunks held by ``delay_requests`` not yet delivered."""
+        return self._in_transit
+
     def close(self) -> None:
         self.cut()
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -201,8 +216,42 @@ class TcpProxy:
             return
         pair = {writer, upstream_writer}
         self._writers |= pair
-        await asyncio.gather(self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer))
+        await asyncio.gather(self._send_requests(reader, upstream_writer), self._pipe(upstream_reader, writer))
         self._writers -= pair
+
+    async def _send_requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Client to upstream, each chunk held for the request delay set when it came."""
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[tuple[float, bool, bytes] | None] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while (chunk := await chunks.get()) is not None:
+                due, held, data = chunk
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                self._in_transit -= 1
+                try:
+                    writer.write(data)
+                    await writer.drain()
+                except (ConnectionError, RuntimeError):
+                    continue  # cut meanwhile
+                if held:
+                    self.held_delivered_at.append(time.monotonic())
+
+        delivering = asyncio.ensure_future(deliver())
+        delayed = False
+        try:
+            while data := await reader.read(1 << 16):
+                delay = self._request_delay_s
+                delayed = delayed or delay > 0
+                self._in_transit += 1
+                chunks.put_nowait((loop.time() + delay, delay > 0, data))
+        except ConnectionError:
+            pass
+        finally:
+            chunks.put_nowait(None)
+            await delivering
+            if not delayed:  # held bytes delivered: the store answers them to nobody
+                writer.transport.abort()
 
     @staticmethod
     async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

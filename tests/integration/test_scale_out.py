@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import secrets
 import time
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -27,6 +30,35 @@ def started_store(settings: Settings) -> StoreServerProcess:
     store = StoreServerProcess(settings, settings.data_dir / "logs" / "store.log")
     store.start()
     return store
+
+
+@contextlib.contextmanager
+def proxied_store(kafka_bootstrap: str, tmp_path: Path, workers: list[WorkerProcess]) -> Iterator[tuple[Settings, TcpProxy, str]]:
+    """A store served by `abm store serve`, the settings its workers share, and a real TCP
+    proxy to it with its URL (for the worker whose way to the store a test disturbs).
+    Stops ``workers``, then the proxy and the store."""
+    store_settings = isolated_settings(kafka_bootstrap, tmp_path / "store", clickhouse_http_password=secrets.token_hex(8))
+    store = started_store(store_settings)
+    proxy = TcpProxy("127.0.0.1", store_settings.clickhouse_http_port)
+    direct = urlparse(store.url)
+    through_proxy = direct._replace(netloc=f"{direct.netloc.rpartition('@')[0]}@127.0.0.1:{proxy.port}").geturl()
+    try:
+        yield store_settings.model_copy(update={"clickhouse_url": store.url, "session_timeout_s": 10.0}), proxy, through_proxy
+    finally:
+        for worker in workers:
+            worker.stop()
+        proxy.close()
+        assert store.stop() == 0, store.log_tail()
+
+
+def started_through_proxy(shared: Settings, through_proxy: str, data_dir: Path, workers: list[WorkerProcess], seed: int) -> tuple[WorkerProcess, Counter]:
+    """A worker reaching the store through the proxy, added to ``workers``, once it has
+    processed 5,000 events (their counts by type)."""
+    worker = start_worker(shared.model_copy(update={"data_dir": data_dir, "web_port": free_port(), "clickhouse_url": through_proxy}), data_dir.name)
+    workers.append(worker)
+    counts = Counter(asyncio.run(produce_events(shared, accounts=200, contacts_per_account=3, rate=None, duration_s=None, count=5_000, seed=seed)))
+    worker.wait_drained(timeout_s=120)
+    return worker, counts
 
 
 def wait_until_processing(workers: list[WorkerProcess], timeout_s: float = 90) -> None:
@@ -114,18 +146,9 @@ def test_a_rebalance_while_one_worker_cannot_reach_clickhouse_loses_and_doubles_
     waited for the checkpoint lock, which an agent held waiting for the stuck checkpoint:
     it kept its events until the store was back and inserted them after the second
     worker had (20,000 events twice)."""
-    store_settings = isolated_settings(kafka_bootstrap, tmp_path / "store", clickhouse_http_password=secrets.token_hex(8))
-    store = started_store(store_settings)
-    proxy = TcpProxy("127.0.0.1", store_settings.clickhouse_http_port)
-    direct = urlparse(store.url)
-    through_proxy = direct._replace(netloc=f"{direct.netloc.rpartition('@')[0]}@127.0.0.1:{proxy.port}").geturl()
-    shared = store_settings.model_copy(update={"clickhouse_url": store.url, "session_timeout_s": 10.0})
     workers: list[WorkerProcess] = []
-    try:
-        cut_off = start_worker(shared.model_copy(update={"data_dir": tmp_path / "cut-off", "web_port": free_port(), "clickhouse_url": through_proxy}), "cut-off")
-        workers.append(cut_off)
-        counts = Counter(asyncio.run(produce_events(shared, accounts=200, contacts_per_account=3, rate=None, duration_s=None, count=5_000, seed=91)))
-        cut_off.wait_drained(timeout_s=120)
+    with proxied_store(kafka_bootstrap, tmp_path, workers) as (shared, proxy, through_proxy):
+        cut_off, counts = started_through_proxy(shared, through_proxy, tmp_path / "cut-off", workers, seed=91)
 
         proxy.cut()  # while it is idle: no insert of its is under way
         counts.update(asyncio.run(produce_events(shared, accounts=200, contacts_per_account=3, rate=None, duration_s=None, count=20_000, seed=92)))
@@ -145,8 +168,40 @@ def test_a_rebalance_while_one_worker_cannot_reach_clickhouse_loses_and_doubles_
         assert "stopping the worker: OperationalError" in log, cut_off.log_tail(80)  # at its next assignment
         assert sum(counts.values()) == 25_000
         assert_store_exact(shared, counts)
-    finally:
-        for worker in workers:
-            worker.stop()
-        proxy.close()
-        assert store.stop() == 0, store.log_tail()
+
+
+def test_an_abandoned_insert_reaching_the_store_after_the_next_owner_started_lands_nothing(kafka_bootstrap, tmp_path):
+    """The first worker's requests to the store (through a real TCP proxy) take 25 s to
+    arrive while 20,000 events come in; a second worker joins. The first one's revocation
+    abandons its checkpoint and, its insert still on its way 5 s later, stops. But the
+    thread sending it cannot be stopped: the insert (and whatever its call sends next)
+    reaches the store after the second worker has claimed every partition and read which
+    rows lay past the committed offsets. The store executes it; its rows must land
+    nowhere (schemas/clickhouse/005). Without the claims they landed beside the second
+    worker's: events counted twice."""
+    workers: list[WorkerProcess] = []
+    with proxied_store(kafka_bootstrap, tmp_path, workers) as (shared, proxy, through_proxy):
+        slowed, counts = started_through_proxy(shared, through_proxy, tmp_path / "slowed", workers, seed=93)
+
+        proxy.delay_requests(25.0)
+        counts.update(asyncio.run(produce_events(shared, accounts=200, contacts_per_account=3, rate=None, duration_s=None, count=20_000, seed=94)))
+        deadline = time.monotonic() + 60
+        while proxy.in_transit == 0:  # a checkpoint's statement is on its way
+            assert time.monotonic() < deadline, slowed.log_tail()
+            time.sleep(0.1)
+        joining = start_worker(shared.model_copy(update={"data_dir": tmp_path / "joining", "web_port": free_port()}), "joining")
+        workers.append(joining)
+        wait_until_processing([joining])
+        claimed_at = time.monotonic()  # it processes events only once it has claimed its partitions
+        assert slowed.wait_exit(timeout_s=120) != 0
+        deadline = time.monotonic() + 60
+        while proxy.in_transit:
+            assert time.monotonic() < deadline, "the held requests were never delivered"
+            time.sleep(0.2)
+        assert max(proxy.held_delivered_at) > claimed_at  # the store got them from a worker that had lost its partitions
+        joining.wait_drained(timeout_s=180)
+        assert joining.stop() == 0, joining.log_tail()
+        log = slowed.log_path.read_text(errors="replace")
+        assert "an abandoned insert was still at the store" in log, slowed.log_tail(80)
+        assert sum(counts.values()) == 25_000
+        assert_store_exact(shared, counts)
