@@ -6,6 +6,7 @@ import asyncio
 import ctypes
 import gc
 import logging
+import os
 import signal
 from typing import Any
 
@@ -81,6 +82,13 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     # million accounts in, at the same memory (the cycles that held rows are gone).
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
-    PulseWorker(
-        pipeline, loglevel=loglevel, quiet=True, logging_config=logging_config(settings.log_format, loglevel)
-    ).execute_from_commandline()
+    try:
+        PulseWorker(
+            pipeline, loglevel=loglevel, quiet=True, logging_config=logging_config(settings.log_format, loglevel)
+        ).execute_from_commandline()
+    finally:
+        if pipeline.checkpoint.failure is not None:
+            # A thread may still wait on the store (an abandoned insert): the interpreter
+            # would join it on exit, holding the process for as long as the store takes.
+            logging.shutdown()
+            os._exit(1)
