@@ -161,8 +161,9 @@ class TcpProxy:
     ``host:port``. ``cut()`` drops every connection through it and refuses new ones, as
     a network partition does; ``restore()`` accepts again. ``delay_requests(s)`` holds
     what clients send for ``s`` seconds before it reaches ``host:port`` (a congested
-    link or a store slow to take requests): bytes on their way arrive even if their
-    client has gone meanwhile, as they would over a network."""
+    link or a store slow to take requests), from the chunk after a connection's first
+    chunk containing ``marker`` on: bytes on their way arrive even if their client has
+    gone meanwhile, as they would over a network."""
 
     def __init__(self, host: str, port: int) -> None:
         self.port = free_port()
@@ -170,6 +171,7 @@ class TcpProxy:
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._request_delay_s = 0.0
+        self._held_marker = b""
         self.held_delivered_at: list[float] = []  # time.monotonic() of each held chunk's delivery
         self._in_transit = 0
         self._loop = asyncio.new_event_loop()
@@ -195,12 +197,12 @@ class TcpProxy:
 
         self._run(drop())
 
-    def delay_requests(self, seconds: float) -> None:
-        self._request_delay_s = seconds
+    def delay_requests(self, seconds: float, marker: bytes = b"") -> None:
+        self._request_delay_s, self._held_marker = seconds, marker
 
     @property
     def in_transit(self) -> int:
-        """Chunks held by ``delay_requests`` not yet delivered."""
+        """Chunks held by ``delay_requests`` and not yet delivered."""
         return self._in_transit
 
     def close(self) -> None:
@@ -228,7 +230,7 @@ class TcpProxy:
             while (chunk := await chunks.get()) is not None:
                 due, held, data = chunk
                 await asyncio.sleep(max(0.0, due - loop.time()))
-                self._in_transit -= 1
+                self._in_transit -= held
                 try:
                     writer.write(data)
                     await writer.drain()
@@ -241,9 +243,9 @@ class TcpProxy:
         delayed = False
         try:
             while data := await reader.read(1 << 16):
-                delay = self._request_delay_s
-                delayed = delayed or delay > 0
-                self._in_transit += 1
+                delay = self._request_delay_s if delayed else 0.0
+                delayed = delayed or (self._request_delay_s > 0 and self._held_marker in data)
+                self._in_transit += delay > 0
                 chunks.put_nowait((loop.time() + delay, delay > 0, data))
         except ConnectionError:
             pass

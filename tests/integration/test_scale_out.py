@@ -12,6 +12,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -171,37 +172,41 @@ def test_a_rebalance_while_one_worker_cannot_reach_clickhouse_loses_and_doubles_
 
 
 def test_an_abandoned_insert_reaching_the_store_after_the_next_owner_started_lands_nothing(kafka_bootstrap, tmp_path):
-    """The first worker's requests to the store (through a real TCP proxy) take 25 s to
-    arrive while 20,000 events come in; a second worker joins. The first one's revocation
-    abandons its checkpoint and, its insert still on its way 5 s later, stops. But the
-    thread sending it cannot be stopped: the insert (and whatever its call sends next)
-    reaches the store after the second worker has claimed every partition and read which
-    rows lay past the committed offsets. The store executes it; its rows must land
-    nowhere (schemas/clickhouse/005). Without the claims they landed beside the second
-    worker's: events counted twice."""
+    """The first worker's way to the store (a real TCP proxy) holds what follows its first
+    event insert for 30 s while 20,000 events come in; a second worker joins. The first
+    one's revocation abandons its checkpoint and, its insert still on its way 5 s later,
+    stops, and exits at once (a thread waiting on the store held it ~45 s before). Its
+    held bytes reach the store after the second worker claimed the partitions and read
+    which rows lay past the committed offsets. Whether they make a whole insert depends on
+    where the hold began: when they do, the store executes it, and the claims keep its
+    rows out (without the claims' filter, one of two runs counted events twice; the
+    unit test in tests/unit/test_store.py checks the filter itself)."""
     workers: list[WorkerProcess] = []
     with proxied_store(kafka_bootstrap, tmp_path, workers) as (shared, proxy, through_proxy):
         slowed, counts = started_through_proxy(shared, through_proxy, tmp_path / "slowed", workers, seed=93)
 
-        proxy.delay_requests(25.0)
+        proxy.delay_requests(30.0, marker=b"%3Aevents_claimed")  # its deduplication token, in the URL
         counts.update(asyncio.run(produce_events(shared, accounts=200, contacts_per_account=3, rate=None, duration_s=None, count=20_000, seed=94)))
         deadline = time.monotonic() + 60
-        while proxy.in_transit == 0:  # a checkpoint's statement is on its way
+        while proxy.in_transit == 0:  # a checkpoint's insert is on its way
             assert time.monotonic() < deadline, slowed.log_tail()
             time.sleep(0.1)
         joining = start_worker(shared.model_copy(update={"data_dir": tmp_path / "joining", "web_port": free_port()}), "joining")
         workers.append(joining)
+        assert slowed.wait_exit(timeout_s=120) != 0
+        exited_at = time.time()
+        log = slowed.log_path.read_text(errors="replace")
+        stopping = next(line for line in log.splitlines() if "an abandoned insert was still at the store" in line)
+        stopped_at = datetime.strptime(stopping[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()  # logged in local time
+        assert exited_at - stopped_at < 10, f"exited {exited_at - stopped_at:.1f} s after it began stopping"
         wait_until_processing([joining])
         claimed_at = time.monotonic()  # it processes events only once it has claimed its partitions
-        assert slowed.wait_exit(timeout_s=120) != 0
         deadline = time.monotonic() + 60
         while proxy.in_transit:
             assert time.monotonic() < deadline, "the held requests were never delivered"
             time.sleep(0.2)
-        assert max(proxy.held_delivered_at) > claimed_at  # the store got them from a worker that had lost its partitions
+        assert max(proxy.held_delivered_at) > claimed_at  # the store got the insert from a worker long gone
         joining.wait_drained(timeout_s=180)
         assert joining.stop() == 0, joining.log_tail()
-        log = slowed.log_path.read_text(errors="replace")
-        assert "an abandoned insert was still at the store" in log, slowed.log_tail(80)
         assert sum(counts.values()) == 25_000
         assert_store_exact(shared, counts)
