@@ -116,12 +116,18 @@ async def stop_the_worker(app: PulseApp, reason: BaseException) -> None:
     """After a failed checkpoint or agent: the process exits with status 1 and its
     supervisor starts it again. Nothing is left to make durable, so a shutdown that hangs in Faust (it has
     left the group, and would never exit) is cut short."""
-    asyncio.get_running_loop().call_later(FAILED_SHUTDOWN_DEADLINE_S, _exit_after_failure)
+    asyncio.get_running_loop().call_later(FAILED_SHUTDOWN_DEADLINE_S, _shutdown_overdue)
     await app.crash(reason)
 
 
-def _exit_after_failure() -> None:
+def _shutdown_overdue() -> None:
     log.critical("the shutdown after a failed checkpoint did not finish within %.0fs; exiting", FAILED_SHUTDOWN_DEADLINE_S)
+    exit_after_failure()
+
+
+def exit_after_failure() -> None:
+    """Status 1 now, without joining threads: one may still wait on the store (an
+    abandoned insert), and the interpreter would wait with it for as long as it takes."""
     logging.shutdown()
     os._exit(1)
 

@@ -6,13 +6,12 @@ import asyncio
 import ctypes
 import gc
 import logging
-import os
 import signal
 from typing import Any
 
 import faust
 
-from streams.app import Pipeline, build_pipeline
+from streams.app import Pipeline, build_pipeline, exit_after_failure
 from streams.logs import logging_config
 from streams.settings import Settings
 from streams.clickhouse_http import serves_front, start_front
@@ -88,7 +87,4 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         ).execute_from_commandline()
     finally:
         if pipeline.checkpoint.failure is not None:
-            # A thread may still wait on the store (an abandoned insert): the interpreter
-            # would join it on exit, holding the process for as long as the store takes.
-            logging.shutdown()
-            os._exit(1)
+            exit_after_failure()
