@@ -27,9 +27,13 @@ def main() -> None:
 @click.option("--loglevel", default="info", show_default=True, help="worker log level")
 def worker(loglevel: str) -> None:
     """Run the stream worker: validate, resolve, score and write to ClickHouse."""
+    from streams.dependencies import Unreachable
     from streams.worker import run_worker
 
-    run_worker(Settings(), loglevel)
+    try:
+        run_worker(Settings(), loglevel)
+    except Unreachable as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command()

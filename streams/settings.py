@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     state_interval_s: float = Field(
         5.0, gt=0, description="write changed account states (RocksDB, changelog) and commit the events behind them at least this often"
     )
+    startup_wait_s: float = Field(
+        60.0, ge=0, description="how long a starting worker waits for the broker and the store to answer before it exits with an error"
+    )
     log_format: Literal["text", "json"] = Field("text", description="worker logs: coloured text, or one JSON object per line")
     session_timeout_s: float = Field(
         15.0, ge=6, description="a worker that stops heartbeating (killed, frozen) loses its partitions after this long"
