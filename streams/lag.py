@@ -28,9 +28,9 @@ async def group_lag(bootstrap: str, group: str, topics: list[str]) -> list[Parti
     """Lag of ``group`` on every partition of ``topics`` (partitions it never committed count in full)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await consumer.start()
-    await admin.start()
-    try:
+    try:  # closed also when they cannot start: the worker asks every few seconds, broker down or not
+        await consumer.start()
+        await admin.start()
         committed = await admin.list_consumer_group_offsets(group)
         partitions = await topic_partitions(admin, topics)
         log_end = await consumer.end_offsets(partitions)
@@ -81,8 +81,8 @@ async def oldest_waiting_ms(bootstrap: str, lags: list[PartitionLag]) -> dict[st
     if not lagging:
         return {}
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    await consumer.start()
     try:
+        await consumer.start()
         consumer.assign(list(lagging))
         for tp, offset in lagging.items():
             consumer.seek(tp, offset)
