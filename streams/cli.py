@@ -12,7 +12,22 @@ from streams.settings import Settings
 from streams.simulator import simulate_command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class CommandLine(click.Group):
+    """A broker or store a command cannot reach ends it with one line naming it and its
+    setting (streams.dependencies), not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        from streams.dependencies import NOT_CONNECTED, Unreachable, unreachable_message
+
+        try:
+            return super().invoke(ctx)
+        except Unreachable as exc:
+            raise click.ClickException(str(exc)) from exc
+        except NOT_CONNECTED as exc:
+            raise click.ClickException(unreachable_message(exc, Settings())) from exc
+
+
+@click.group(cls=CommandLine, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """ABM Pulse: real-time account-based marketing on Kafka, Faust and ClickHouse.
 
@@ -27,13 +42,9 @@ def main() -> None:
 @click.option("--loglevel", default="info", show_default=True, help="worker log level")
 def worker(loglevel: str) -> None:
     """Run the stream worker: validate, resolve, score and write to ClickHouse."""
-    from streams.dependencies import Unreachable
     from streams.worker import run_worker
 
-    try:
-        run_worker(Settings(), loglevel)
-    except Unreachable as exc:
-        raise click.ClickException(str(exc)) from exc
+    run_worker(Settings(), loglevel)
 
 
 @main.command()

@@ -1,7 +1,7 @@
 """The broker and the store at start: a worker started before them (a compose stack
 coming up, a pod rescheduled while its broker restarts) waits for them instead of
-crash-looping, and one that cannot reach them says which one, through which setting,
-in one line instead of a traceback."""
+crash-looping, and a command that cannot reach them says which one, through which
+setting, in one line instead of a traceback."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from typing import TypeVar
 
 from aiokafka.errors import KafkaConnectionError
 from clickhouse_connect.driver.exceptions import OperationalError
+
+from streams.settings import Settings
+from streams.store import data_location
 
 log = logging.getLogger(__name__)
 Result = TypeVar("Result")
@@ -24,6 +27,21 @@ RETRY_EVERY_S = 1.0
 
 class Unreachable(RuntimeError):
     """A dependency did not answer within the start-up wait."""
+
+
+def kafka_named(settings: Settings) -> str:
+    return f"Kafka at {settings.kafka_bootstrap} (ABM_KAFKA_BOOTSTRAP)"
+
+
+def store_named(settings: Settings) -> str:
+    """The store without its credentials (streams.store.data_location)."""
+    return f"ClickHouse at {data_location(settings)} (CLICKHOUSE_URL)"
+
+
+def unreachable_message(exc: Exception, settings: Settings) -> str:
+    """One line for a failure to connect (one of NOT_CONNECTED)."""
+    what = kafka_named(settings) if isinstance(exc, KafkaConnectionError) else store_named(settings)
+    return f"{what} unreachable: {_first_line(exc)}"
 
 
 def when_reachable(

@@ -15,8 +15,8 @@ from streams.app import Pipeline, build_pipeline, exit_after_failure
 from streams.logs import logging_config
 from streams.settings import Settings
 from streams.clickhouse_http import serves_front, start_front
-from streams.dependencies import when_reachable
-from streams.store import data_location, open_store
+from streams.dependencies import kafka_named, store_named, when_reachable
+from streams.store import open_store
 from streams.topics import prepare_topics
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,8 @@ def trim_heap_periodically(app: faust.App) -> None:
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level of its table dir
     wait_s = settings.startup_wait_s
-    when_reachable(f"Kafka at {settings.kafka_bootstrap} (ABM_KAFKA_BOOTSTRAP)", lambda: asyncio.run(prepare_topics(settings)), wait_s)
-    client = when_reachable(f"ClickHouse at {data_location(settings)} (CLICKHOUSE_URL)", lambda: open_store(settings), wait_s)
+    when_reachable(kafka_named(settings), lambda: asyncio.run(prepare_topics(settings)), wait_s)
+    client = when_reachable(store_named(settings), lambda: open_store(settings), wait_s)
     pipeline = build_pipeline(settings, client)
     if serves_front(settings):
 

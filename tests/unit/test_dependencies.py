@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from aiokafka.errors import KafkaConnectionError
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
+from deploy.local.kafka import free_port
 from streams.dependencies import RETRY_EVERY_S, Unreachable, when_reachable
 
 
@@ -63,3 +68,26 @@ def test_tried_once_without_a_wait_or_when_waiting_cannot_help(error: Exception,
     with pytest.raises(raised):
         when_reachable("ClickHouse", attempt, wait_s=wait_s, sleep=clock.sleep, clock=lambda: clock.now)
     assert len(calls) == 1 and clock.sleeps == []
+
+
+def abm(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ABM_") and k != "CLICKHOUSE_URL"}
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], env={**clean, **env}, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["lag"], "Kafka at 127.0.0.1:{port} (ABM_KAFKA_BOOTSTRAP) unreachable: KafkaConnectionError"),
+        (["sql", "SELECT 1"], "ClickHouse at http://127.0.0.1:{port}/default (CLICKHOUSE_URL) unreachable: "),
+        (["migrate"], "ClickHouse at http://127.0.0.1:{port}/default (CLICKHOUSE_URL) unreachable: "),
+    ],
+)
+def test_a_command_that_cannot_reach_the_broker_or_the_store_says_which_in_one_line(args: list[str], named: str) -> None:
+    port = free_port()  # nothing listens there
+    password = "not-to-be-printed"
+    done = abm(args, {"ABM_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}", "CLICKHOUSE_URL": f"http://abm:{password}@127.0.0.1:{port}/default"})
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert f"Error: {named.format(port=port)}" in done.stderr, output
+    assert "Traceback" not in output and password not in output
