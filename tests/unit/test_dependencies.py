@@ -81,6 +81,7 @@ def abm(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
         (["lag"], "Kafka at 127.0.0.1:{port} (ABM_KAFKA_BOOTSTRAP) unreachable: KafkaConnectionError"),
         (["sql", "SELECT 1"], "ClickHouse at http://127.0.0.1:{port}/default (CLICKHOUSE_URL) unreachable: "),
         (["migrate"], "ClickHouse at http://127.0.0.1:{port}/default (CLICKHOUSE_URL) unreachable: "),
+        (["simulate", "--count", "10"], "Kafka at 127.0.0.1:{port} (ABM_KAFKA_BOOTSTRAP) unreachable: KafkaConnectionError"),
     ],
 )
 def test_a_command_that_cannot_reach_the_broker_or_the_store_says_which_in_one_line(args: list[str], named: str) -> None:
