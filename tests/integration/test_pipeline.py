@@ -8,6 +8,7 @@ import itertools
 import math
 import random
 import shutil
+import threading
 import time
 from collections import Counter
 
@@ -235,20 +236,34 @@ def test_rebalance_hands_partitions_over_exactly(kafka_bootstrap, tmp_path):
     # Same topics and group, its own embedded store (one chDB directory per process).
     second_settings = first_settings.model_copy(update={"data_dir": tmp_path / "second", "web_port": free_port()})
     total = 30_000
+    second_ready = threading.Event()
+
+    def hold_until_second_ready(produced: int) -> None:
+        # The last two thirds only once the second worker has its partitions: on a busy
+        # machine its start took longer than the whole paced stream, and it got nothing.
+        if produced >= total // 3:
+            assert second_ready.wait(120), "the second worker never became ready"
+
     first = start_worker(first_settings, "first")
     second = None
     try:
-        # Paced over ~12 s, so plenty is still flowing when the group rebalances.
+        # Paced at 2,500 events/s, so events are flowing when the group rebalances.
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             produced = pool.submit(
                 asyncio.run,
-                produce_events(first_settings, accounts=150, contacts_per_account=4, rate=2_500, duration_s=None, count=total, seed=5),
+                produce_events(
+                    first_settings, accounts=150, contacts_per_account=4, rate=2_500, duration_s=None, count=total, seed=5, on_progress=hold_until_second_ready
+                ),
             )
             deadline = time.monotonic() + 60
             while (first.status() or {}).get("stats", {}).get("raw_in", 0) < 2_000:  # ingest in flight
                 assert time.monotonic() < deadline, first.log_tail()
                 time.sleep(0.05)
             second = start_worker(second_settings, "second")
+            try:
+                second.wait_ready(timeout_s=120)
+            finally:
+                second_ready.set()
             counts = produced.result(timeout=120)
         second.wait_drained(timeout_s=180)
         handed_over = second.status()["stats"]
