@@ -60,6 +60,32 @@ def start_worker(settings: Settings, name: str = "worker", extra_env: dict[str, 
     return worker
 
 
+class HeldStream:
+    """``produce_events``' progress callback that holds a paced stream after ``after``
+    events until ``release_when_ready``: the rest then flows only once the workers that
+    must share it have their partitions. On a busy machine (the tests run in two
+    processes) a worker's start could outlast the whole stream, and a test meant to hand
+    partitions over mid-stream saw none move."""
+
+    def __init__(self, after: int, timeout_s: float = 120) -> None:
+        self.after = after
+        self.timeout_s = timeout_s
+        self._released = threading.Event()
+
+    def __call__(self, produced: int) -> None:
+        if produced >= self.after:
+            assert self._released.wait(self.timeout_s), f"the stream was held after {produced:,} events and never released"
+
+    def release_when_ready(self, workers: list[WorkerProcess]) -> None:
+        """Releases the stream once every worker answers /readyz (its partitions recovered);
+        also when one does not, so that the producer ends and the test fails on that."""
+        try:
+            for worker in workers:
+                worker.wait_ready(timeout_s=self.timeout_s)
+        finally:
+            self._released.set()
+
+
 def committed_offsets(settings: Settings, topics: list[str] | None = None) -> dict[tuple[str, int], int]:
     """The group's committed offset of every partition of ``topics`` (all it consumes by default)."""
     lags = asyncio.run(group_lag(settings.kafka_bootstrap, settings.app_id, topics or consumed_topics(settings)))

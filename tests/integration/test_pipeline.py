@@ -8,7 +8,6 @@ import itertools
 import math
 import random
 import shutil
-import threading
 import time
 from collections import Counter
 
@@ -27,6 +26,7 @@ from deploy.local.kafka import free_port
 from streams.lag import group_lag
 from streams.staging import WATERMARK_METADATA
 from tests.integration.support import (
+    HeldStream,
     assert_store_exact, changelog_end_offsets, consume_all, drain_with_new_worker, isolated_settings, persisted_changelog_offsets, produce,
     query, start_worker, store_commands,
 )
@@ -236,14 +236,7 @@ def test_rebalance_hands_partitions_over_exactly(kafka_bootstrap, tmp_path):
     # Same topics and group, its own embedded store (one chDB directory per process).
     second_settings = first_settings.model_copy(update={"data_dir": tmp_path / "second", "web_port": free_port()})
     total = 30_000
-    second_ready = threading.Event()
-
-    def hold_until_second_ready(produced: int) -> None:
-        # The last two thirds only once the second worker has its partitions: on a busy
-        # machine its start took longer than the whole paced stream, and it got nothing.
-        if produced >= total // 3:
-            assert second_ready.wait(120), "the second worker never became ready"
-
+    held = HeldStream(after=total // 3)  # the rest flows once the second worker has partitions
     first = start_worker(first_settings, "first")
     second = None
     try:
@@ -252,7 +245,7 @@ def test_rebalance_hands_partitions_over_exactly(kafka_bootstrap, tmp_path):
             produced = pool.submit(
                 asyncio.run,
                 produce_events(
-                    first_settings, accounts=150, contacts_per_account=4, rate=2_500, duration_s=None, count=total, seed=5, on_progress=hold_until_second_ready
+                    first_settings, accounts=150, contacts_per_account=4, rate=2_500, duration_s=None, count=total, seed=5, on_progress=held
                 ),
             )
             deadline = time.monotonic() + 60
@@ -260,10 +253,7 @@ def test_rebalance_hands_partitions_over_exactly(kafka_bootstrap, tmp_path):
                 assert time.monotonic() < deadline, first.log_tail()
                 time.sleep(0.05)
             second = start_worker(second_settings, "second")
-            try:
-                second.wait_ready(timeout_s=120)
-            finally:
-                second_ready.set()
+            held.release_when_ready([second])
             counts = produced.result(timeout=120)
         second.wait_drained(timeout_s=180)
         handed_over = second.status()["stats"]

@@ -22,7 +22,7 @@ from deploy.local.kafka import free_port
 from deploy.local.worker_process import StoreServerProcess, WorkerProcess
 from streams.settings import Settings
 from streams.simulator import produce_events
-from tests.integration.support import TcpProxy, assert_store_exact, isolated_settings, query, start_worker
+from tests.integration.support import HeldStream, TcpProxy, assert_store_exact, isolated_settings, query, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -108,11 +108,13 @@ def test_two_workers_split_the_partitions_and_one_survives_the_others_kill(kafka
             settings = shared.model_copy(update={"data_dir": tmp_path / name, "web_port": free_port()})
             workers.append(start_worker(settings, name))
         first, second = workers
+        held = HeldStream(after=total // 4)  # the rest flows once both have partitions
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             produced = pool.submit(
                 asyncio.run,
-                produce_events(shared, accounts=200, contacts_per_account=4, rate=2_500, duration_s=None, count=total, seed=11),
+                produce_events(shared, accounts=200, contacts_per_account=4, rate=2_500, duration_s=None, count=total, seed=11, on_progress=held),
             )
+            held.release_when_ready(workers)
             wait_until_processing(workers)
             first.kill()
             assert not produced.done(), "production ended before the kill; nothing was left to take over"
