@@ -95,7 +95,7 @@ def store(tmp_path) -> Iterator[Client]:
 
 
 def protocol(
-    store: Client, state_interval_s: float = 0.0, max_cached: int = 10, max_state_bytes: int = STATE_MAX_BYTES
+    store: Client, state_interval_s: float = 0.0, max_cached: int = 10, max_state_bytes: int = STATE_MAX_BYTES, interval_s: float = 0.0
 ) -> tuple[Checkpoint, AccountStates, ClickHouseSink, KafkaSide, list[str]]:
     journal: list[str] = []
 
@@ -127,7 +127,7 @@ def protocol(
         lambda changed: [(state.account_id, state.events_total) for state in changed],
         lambda tp: f"{tp[0]} at journal entry {len(journal)}",  # tells when it was asked for
         max_rows=1_000,
-        interval_s=0.0,  # always due
+        interval_s=interval_s,  # 0: always due, and overdue while one is in flight
         state_interval_s=state_interval_s,  # 0: states written at every checkpoint
         on_failure=stop_the_worker,
     )
@@ -205,6 +205,36 @@ def test_a_checkpoint_due_while_one_is_in_flight_waits_for_it_holding_the_agents
         assert journal[4] == "inserted account_scores,handled"  # the second starts after the first committed
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_agents_go_past_a_due_checkpoint_while_one_is_in_flight_until_a_second_ones_worth_is_pending(store):
+    """Due by its rows (1,000), a checkpoint does not hold the agents back while the one
+    in flight runs; at twice the rows it does, and it starts once that one has ended."""
+
+    async def scenario() -> None:
+        checkpoint, states, sink, kafka, journal = protocol(store, interval_s=3600)
+        async with checkpoint.lock:
+            consume(checkpoint, states, sink, range(0, 1_000))
+            await checkpoint.commit_if_due()  # in flight: its flush waits
+        await until(lambda: "changelog acme" in journal)
+        async with checkpoint.lock:
+            consume(checkpoint, states, sink, range(1_000, 2_500))
+            assert checkpoint.due()
+            async with asyncio.timeout(1):
+                await checkpoint.commit_if_due()  # due, not overdue: returns at once
+        async with checkpoint.lock:
+            consume(checkpoint, states, sink, range(2_500, 3_000))  # 2,000 rows pending: overdue
+            second = asyncio.create_task(checkpoint.commit_if_due())
+            await asyncio.sleep(0.05)
+            assert not second.done() and "committed 1000" not in journal
+            kafka.flushes.set()
+            await second
+            await checkpoint.commit()
+        assert journal[:5] == ["inserted account_scores,handled", "changelog acme", "producer flushed", "committed 1000", "inserted account_scores,handled"]
+        assert kafka.commits[-1] == {TP: 3_000}
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert handled(store) == list(range(3_000))
 
 
 def test_a_revocation_while_the_checkpoint_in_flight_cannot_finish_abandons_it_though_an_agent_waits_for_it(store):
