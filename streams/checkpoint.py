@@ -17,10 +17,11 @@ An offset is therefore committed only once everything derived from it is stored.
 four steps run while the agents go on with the next batches (they wait for ClickHouse,
 the broker and a thread, not for Python), but at most one checkpoint is in flight: the
 next one takes only once it has ended, so the steps of consecutive checkpoints never
-interleave. Agents go on past a due checkpoint while the one in flight runs, until a
-second checkpoint's worth is pending (twice the rows or the interval): in a backlog they
-waited ~6 % of the time on inserts, which run outside the GIL. A stalled store stops the
-agents within two intervals.
+interleave. In a backlog (a checkpoint due by its rows) the agents go on past a due
+checkpoint while the one in flight runs, until a second one's worth is pending (twice
+the rows or the interval): they waited ~6 % of the time on inserts, which run outside
+the GIL. Otherwise they wait for it, and a stalled store stops them within an interval
+(two in a backlog).
 
 Rows go to ClickHouse at every checkpoint (``interval_s``: the latency of the data);
 states are written less often (``state_interval_s``), because with every account
@@ -191,20 +192,23 @@ class Checkpoint:
 
     async def commit_if_due(self) -> None:
         """Start a checkpoint if one is due; the caller holds ``lock``. While one is in
-        flight, a due one waits for it only once it is overdue, and not when a revocation
-        is waiting for the lock: while the store is down the one in flight retries its
+        flight, a due one waits for it (unless a backlog may go on), and not when a
+        revocation is waiting for the lock: while the store is down the one in flight retries its
         insert for as long, and the revocation would wait with it."""
         if self.due():
-            if self._in_flight is not None and not self._in_flight.done() and not self._overdue():
+            if self._in_flight is not None and not self._in_flight.done() and self._backlog_may_go_on():
                 return  # the agents go on; a later batch starts it
             if await self._in_flight_ended_unless_handing_over():
                 await self._start(with_states=False)
         elif self._in_flight is not None and self._in_flight.done():
             await self._finish_in_flight()  # its failure surfaces here, in an agent
 
-    def _overdue(self) -> bool:
-        """A second checkpoint's worth is pending: the agents wait for the one in flight."""
-        return self._sink.pending_rows >= 2 * self._max_rows or time.monotonic() - self._started_at >= 2 * self._interval_s
+    def _backlog_may_go_on(self) -> bool:
+        """Due by its rows (events come faster than checkpoints take them: a backlog), with
+        less than a second checkpoint's worth pending. Live traffic, due by the time, still
+        waits: bigger checkpoints delayed its rows (p99 1.97 s from receipt to ClickHouse
+        at 12.9k events/s, against ~1.5 s)."""
+        return self._max_rows <= self._sink.pending_rows < 2 * self._max_rows and time.monotonic() - self._started_at < 2 * self._interval_s
 
     async def _in_flight_ended_unless_handing_over(self) -> bool:
         task = self._in_flight

@@ -208,8 +208,9 @@ def test_a_checkpoint_due_while_one_is_in_flight_waits_for_it_holding_the_agents
 
 
 def test_agents_go_past_a_due_checkpoint_while_one_is_in_flight_until_a_second_ones_worth_is_pending(store):
-    """Due by its rows (1,000), a checkpoint does not hold the agents back while the one
-    in flight runs; at twice the rows it does, and it starts once that one has ended."""
+    """Due by its rows (1,000: a backlog), a checkpoint does not hold the agents back
+    while the one in flight runs; at twice the rows it does, and it starts once that one
+    has ended. (Due by the time, with fewer rows, it waits: the test above.)"""
 
     async def scenario() -> None:
         checkpoint, states, sink, kafka, journal = protocol(store, interval_s=3600)
@@ -235,6 +236,29 @@ def test_agents_go_past_a_due_checkpoint_while_one_is_in_flight_until_a_second_o
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
     assert handled(store) == list(range(3_000))
+
+
+def test_live_traffic_due_by_the_time_waits_for_the_checkpoint_in_flight(store):
+    """Due by the time with fewer rows than a checkpoint takes, a checkpoint waits for the
+    one in flight (bigger checkpoints would delay live rows), though not yet overdue."""
+
+    async def scenario() -> None:
+        checkpoint, states, sink, kafka, journal = protocol(store, interval_s=2.0)
+        async with checkpoint.lock:
+            consume(checkpoint, states, sink, range(0, 1_000))
+            await checkpoint.commit_if_due()  # due by its rows; in flight: its flush waits
+        await asyncio.sleep(2.1)  # the next one is due by the time, overdue at 4 s
+        async with checkpoint.lock:
+            consume(checkpoint, states, sink, range(1_000, 1_010))
+            second = asyncio.create_task(checkpoint.commit_if_due())
+            await asyncio.sleep(0.05)
+            assert not second.done()
+            kafka.flushes.set()
+            await second
+        await until(lambda: journal.count("inserted account_scores,handled") == 2)  # it started after the first
+        assert journal[:4] == ["inserted account_scores,handled", "changelog acme", "producer flushed", "committed 1000"]
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
 def test_a_revocation_while_the_checkpoint_in_flight_cannot_finish_abandons_it_though_an_agent_waits_for_it(store):
