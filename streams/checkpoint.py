@@ -193,8 +193,8 @@ class Checkpoint:
     async def commit_if_due(self) -> None:
         """Start a checkpoint if one is due; the caller holds ``lock``. While one is in
         flight, a due one waits for it (unless a backlog may go on), and not when a
-        revocation is waiting for the lock: while the store is down the one in flight retries its
-        insert for as long, and the revocation would wait with it."""
+        revocation is waiting for the lock: while the store is down the one in flight
+        retries its insert for as long, and the revocation would wait with it."""
         if self.due():
             if self._in_flight is not None and not self._in_flight.done() and self._backlog_may_go_on():
                 return  # the agents go on; a later batch starts it
