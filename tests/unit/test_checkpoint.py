@@ -127,7 +127,7 @@ def protocol(
         lambda changed: [(state.account_id, state.events_total) for state in changed],
         lambda tp: f"{tp[0]} at journal entry {len(journal)}",  # tells when it was asked for
         max_rows=1_000,
-        interval_s=interval_s,  # 0: always due, and overdue while one is in flight
+        interval_s=interval_s,  # 0: always due, and a due one always waits for the one in flight
         state_interval_s=state_interval_s,  # 0: states written at every checkpoint
         on_failure=stop_the_worker,
     )
@@ -210,7 +210,7 @@ def test_a_checkpoint_due_while_one_is_in_flight_waits_for_it_holding_the_agents
 def test_agents_go_past_a_due_checkpoint_while_one_is_in_flight_until_a_second_ones_worth_is_pending(store):
     """Due by its rows (1,000: a backlog), a checkpoint does not hold the agents back
     while the one in flight runs; at twice the rows it does, and it starts once that one
-    has ended. (Due by the time, with fewer rows, it waits: the test above.)"""
+    has ended. (Due by the time, with fewer rows, it waits: the test below.)"""
 
     async def scenario() -> None:
         checkpoint, states, sink, kafka, journal = protocol(store, interval_s=3600)
