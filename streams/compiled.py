@@ -1,6 +1,7 @@
 """Compiled processors/ (setup.py) in a source checkout: Python imports a module's
-compiled extension before its source, so an extension older than its source runs code
-that is no longer there, silently. The tests and the command line refuse to start then."""
+compiled extension before its source, and its Rust part (processors/native/) is built
+only by an install, so an extension older than its sources runs code that is no longer
+there, silently. The tests and the command line refuse to start then."""
 
 from __future__ import annotations
 
@@ -16,14 +17,12 @@ def stale_compiled_modules(directory: Path | None = None) -> list[str]:
     checkout (an editable install, next to pyproject.toml) is checked: an installed
     wheel's files carry the times they were unpacked at, in no particular order."""
     directory = directory or PROCESSORS
-    if not (directory.parent / "pyproject.toml").exists():
+    root = directory.parent
+    if not (root / "pyproject.toml").exists():
         return []
-    return [
-        source.name
-        for source in sorted(directory.glob("*.py"))
-        for compiled in directory.glob(f"{source.stem}.*.so")
-        if compiled.stat().st_mtime < source.stat().st_mtime
-    ]
+    built = [(source, compiled) for source in sorted(directory.glob("*.py")) for compiled in directory.glob(f"{source.stem}.*.so")]
+    built += [(source, native) for native in root.glob("abm_native.*.so") for source in sorted((directory / "native" / "src").glob("*.rs"))]
+    return [str(source.relative_to(directory)) for source, compiled in built if compiled.stat().st_mtime < source.stat().st_mtime]
 
 
 def stale_compiled_message(stale: list[str]) -> str:

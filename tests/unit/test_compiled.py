@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 import processors
+from processors import fast_routing
 from streams import compiled
 from streams.cli import main
 from streams.compiled import stale_compiled_modules
@@ -30,6 +31,12 @@ MODULES = sorted(f"processors.{info.name}" for info in pkgutil.iter_modules(proc
 def test_every_processors_module_is_compiled(name: str) -> None:
     module = importlib.import_module(name)
     assert module.__file__ is not None and module.__file__.endswith(tuple(EXTENSION_SUFFIXES)), module.__file__
+
+
+@pytest.mark.skipif(os.environ.get("ABM_PURE_PYTHON") == "1", reason="installed without compiling (ABM_PURE_PYTHON=1)")
+def test_the_native_fast_path_is_built() -> None:
+    """An install without cargo would route every event the interpreted way, unnoticed."""
+    assert fast_routing.native is not None
 
 
 def _checkout(root: Path, *, compiled_first: bool, with_pyproject: bool = True) -> Path:
@@ -57,6 +64,19 @@ def test_a_module_compiled_after_its_source_is_current(tmp_path: Path) -> None:
 
 def test_an_installed_package_is_not_checked(tmp_path: Path) -> None:
     assert stale_compiled_modules(_checkout(tmp_path, compiled_first=True, with_pyproject=False)) == []
+
+
+def test_a_native_extension_built_before_its_source_changed_is_stale(tmp_path: Path) -> None:
+    directory = _checkout(tmp_path, compiled_first=False)
+    (directory / "native" / "src").mkdir(parents=True)
+    source, built = directory / "native" / "src" / "lib.rs", tmp_path / f"abm_native{EXTENSION_SUFFIXES[0]}"
+    source.write_text("")
+    built.write_bytes(b"")
+    os.utime(built, (1_000_000, 1_000_000))
+    os.utime(source, (2_000_000, 2_000_000))
+    assert stale_compiled_modules(directory) == ["native/src/lib.rs"]
+    os.utime(built, (3_000_000, 3_000_000))
+    assert stale_compiled_modules(directory) == []
 
 
 def test_the_command_line_refuses_stale_compiled_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
