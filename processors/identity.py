@@ -186,16 +186,19 @@ class AccountDirectory:
         return None
 
     def resolve(self, event: dict[str, Any]) -> Resolution:
-        explicit = event.get("account_id")
+        return self.resolve_fields(event.get("account_id"), event.get("contact_id"), event.get("email"), event.get("account_domain"))
+
+    def resolve_fields(self, explicit: object, contact_id: object, email: object, account_domain: object) -> Resolution:
+        """``resolve`` of an event with these fields."""
         if isinstance(explicit, str) and explicit:
             return Resolution(explicit, Method.EXPLICIT)
-        contact_id, email = event.get("contact_id"), event.get("email")
         for key, method in _contact_keys(contact_id, email):
             account_id = self._account_by_contact.get(key)
             if account_id is not None:
                 return Resolution(account_id, method)
         waiting_on = None
-        for domain, method in ((email_domain(email), Method.EMAIL_DOMAIN), (_domain_field(event), Method.ACCOUNT_DOMAIN)):
+        domain_field = registrable_domain(account_domain) if isinstance(account_domain, str) else None
+        for domain, method in ((email_domain(email), Method.EMAIL_DOMAIN), (domain_field, Method.ACCOUNT_DOMAIN)):
             if domain is None or is_personal_domain(domain):
                 continue
             account_id = self._account_by_domain.get(domain)
@@ -205,11 +208,6 @@ class AccountDirectory:
         if waiting_on is None:  # no business domain: the contact itself may become known
             waiting_on = next(iter(waiting_keys(contact_id, email)), None)
         return Resolution(None, Method.UNRESOLVED, waiting_on)
-
-
-def _domain_field(event: dict[str, Any]) -> str | None:
-    value = event.get("account_domain")
-    return registrable_domain(value) if isinstance(value, str) else None
 
 
 def _contact_keys(contact_id: object, email: object) -> list[tuple[str, Method]]:

@@ -4,11 +4,16 @@ the partition that owns it; the rest set aside with a reason or with what they w
 Each routed event carries its origin, ``_origin = [raw topic, partition, offset]``:
 a worker killed after forwarding but before committing forwards the same raw messages
 again, and their origin lets the account recognise them (processors.accounts).
+
+An event the native fast path accepts (processors.validation.scan_events) never becomes
+a dict here: it is resolved from the fields the scan read, and forwarded as its raw
+bytes with routing's fields spliced on (``RawForward``), which decodes to the dict the
+interpreted path would have forwarded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -17,10 +22,15 @@ import orjson
 from processors.accounts import Position
 from processors.chunks import json_arrays
 from processors.identity import AccountDirectory, account_partition, waiting_keys
-from processors.validation import Rejection, validate_event
+from processors.fast_routing import native
+from processors.validation import Rejection, scan_events, validate_event
 
 Origin = tuple[str, int, int]  # (topic, partition, offset) of the raw message
 LearnedContact = tuple[str | None, str | None, str]  # (contact id, email, account id)
+# A raw event the fast path accepted, with what routing adds to it when forwarded:
+# (raw, occurred_at_ms, received_at_ms, origin, account_id, seniority or None).
+RawForward = tuple[bytes, int, int, Origin, str, str | None]
+Forwarded = dict[str, Any] | RawForward  # an event as routed: a dict where Python decoded it
 
 # A forwarded message carries up to this many events, and up to this many bytes of JSON
 # unless it holds a single event: the internal topic's limit must then take one event
@@ -31,7 +41,7 @@ FORWARDED_MESSAGE_BYTES: Final = 512 * 1024
 
 @dataclass(slots=True)
 class RoutedBatch:
-    by_partition: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    by_partition: dict[int, list[Forwarded]] = field(default_factory=dict)
     rejected: list[tuple[int, Rejection]] = field(default_factory=list)  # (index in batch, why)
     unresolved: list[tuple[int, dict[str, Any], str | None]] = field(default_factory=list)  # (index, event, waiting on)
     learned_contacts: list[LearnedContact] = field(default_factory=list)  # new to the directory
@@ -46,25 +56,40 @@ def route_batch(
     directory: AccountDirectory,
 ) -> RoutedBatch:
     routed = RoutedBatch()
-    for index, raw in enumerate(raw_values):
-        result = validate_event(raw if raw is not None else b"", received_at_ms)
-        if isinstance(result, Rejection):
-            routed.rejected.append((index, result))
-            continue
-        result["_origin"] = origins[index]
-        routed.valid_by_type[result["type"]] = routed.valid_by_type.get(result["type"], 0) + 1
-        resolution = directory.resolve(result)
-        if resolution.account_id is None:
-            routed.unresolved.append((index, result, resolution.waiting_on))
-            continue
-        attribute(result, resolution.account_id, directory, routed.learned_contacts)
-        add_to_partition(routed.by_partition, result, partitions)
+    for index, scanned in enumerate(scan_events(list(raw_values), received_at_ms)):
+        raw = raw_values[index]
+        if scanned is not None and raw is not None:
+            event_type, occurred_at_ms, explicit, contact_id, email, account_domain = scanned
+            account_id = directory.resolve_fields(explicit, contact_id, email, account_domain).account_id
+            if account_id is not None:
+                routed.valid_by_type[event_type] = routed.valid_by_type.get(event_type, 0) + 1
+                seniority = attribute_contact(contact_id, email, account_id, directory, routed.learned_contacts)
+                add_to_partition(routed.by_partition, (raw, occurred_at_ms, received_at_ms, origins[index], account_id, seniority), account_id, partitions)
+                continue
+            # it waits: stored as the event itself, which the interpreted path decodes
+        route_decoded(routed, index, raw if raw is not None else b"", origins[index], received_at_ms, partitions, directory)
     return routed
+
+
+def route_decoded(routed: RoutedBatch, index: int, raw: bytes, origin: Origin, received_at_ms: int, partitions: int, directory: AccountDirectory) -> None:
+    """The interpreted path of one raw event: decoded, checked, resolved as a dict."""
+    result = validate_event(raw, received_at_ms)
+    if isinstance(result, Rejection):
+        routed.rejected.append((index, result))
+        return
+    result["_origin"] = origin
+    routed.valid_by_type[result["type"]] = routed.valid_by_type.get(result["type"], 0) + 1
+    resolution = directory.resolve(result)
+    if resolution.account_id is None:
+        routed.unresolved.append((index, result, resolution.waiting_on))
+        return
+    attribute(result, resolution.account_id, directory, routed.learned_contacts)
+    add_to_partition(routed.by_partition, result, resolution.account_id, partitions)
 
 
 @dataclass(slots=True)
 class ReroutedBatch:
-    by_partition: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    by_partition: dict[int, list[Forwarded]] = field(default_factory=dict)
     resolved: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (waited on, event now attributed)
     still_waiting: set[str] = field(default_factory=set)  # keys some of the events still wait on
     learned_contacts: list[LearnedContact] = field(default_factory=list)
@@ -80,26 +105,31 @@ def reroute_pending(pending: Sequence[tuple[str, dict[str, Any]]], partitions: i
             rerouted.still_waiting.add(waiting_on)
             continue
         attribute(event, account_id, directory, rerouted.learned_contacts)
-        add_to_partition(rerouted.by_partition, event, partitions)
+        add_to_partition(rerouted.by_partition, event, account_id, partitions)
         rerouted.resolved.append((waiting_on, event))
     return rerouted
 
 
 def attribute(event: dict[str, Any], account_id: str, directory: AccountDirectory, learned: list[LearnedContact]) -> None:
-    """Gives the event its account (and its contact's seniority, when known); a contact
-    it names now stays with that account."""
+    """Gives the event its account (and its contact's seniority, when known)."""
     event["account_id"] = account_id
-    contact_id, email = event.get("contact_id"), event.get("email")
-    if contact_id or email:
-        news, seniority = directory.attribute_contact(contact_id, email, account_id)
-        if news:
-            learned.append((contact_id, email, account_id))
-        if seniority is not None:
-            event["_seniority"] = seniority
+    seniority = attribute_contact(event.get("contact_id"), event.get("email"), account_id, directory, learned)
+    if seniority is not None:
+        event["_seniority"] = seniority
 
 
-def add_to_partition(by_partition: dict[int, list[dict[str, Any]]], event: dict[str, Any], partitions: int) -> None:
-    partition = account_partition(event["account_id"], partitions)
+def attribute_contact(contact_id: Any, email: Any, account_id: str, directory: AccountDirectory, learned: list[LearnedContact]) -> str | None:
+    """A contact the event names now stays with its account; the contact's seniority, when known."""
+    if not (contact_id or email):
+        return None
+    news, seniority = directory.attribute_contact(contact_id, email, account_id)
+    if news:
+        learned.append((contact_id, email, account_id))
+    return seniority
+
+
+def add_to_partition(by_partition: dict[int, list[Forwarded]], event: Forwarded, account_id: str, partitions: int) -> None:
+    partition = account_partition(account_id, partitions)
     bucket = by_partition.get(partition)
     if bucket is None:
         bucket = by_partition[partition] = []
@@ -111,12 +141,13 @@ def keys_resolved_by(learned: list[LearnedContact]) -> set[str]:
     return {key for contact_id, email, _ in learned for key in waiting_keys(contact_id, email)}
 
 
-def forwarded_messages(
-    events: Sequence[dict[str, Any]], max_events: int = EVENTS_PER_MESSAGE, max_bytes: int = FORWARDED_MESSAGE_BYTES
-) -> Iterator[bytes]:
+def forwarded_messages(events: Sequence[Forwarded], max_events: int = EVENTS_PER_MESSAGE, max_bytes: int = FORWARDED_MESSAGE_BYTES) -> list[bytes]:
     """The events as JSON arrays of at most ``max_events`` events and ``max_bytes`` bytes
     (a larger event goes alone), in order."""
-    return (encoded for _, encoded in json_arrays(events, max_events, max_bytes))
+    if native is None:  # no fast path: every event is a dict
+        return [encoded for _, encoded in json_arrays(events, max_events, max_bytes)]
+    arrays: list[bytes] = native.forwarded_arrays([orjson.dumps(event) if isinstance(event, dict) else event for event in events], max_events, max_bytes)
+    return arrays
 
 
 def forwarded_events(partition: int, offset: int, message: bytes) -> list[tuple[Position, dict[str, Any]]]:

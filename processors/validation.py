@@ -3,6 +3,11 @@
 A raw message becomes either a canonical event (a dict: the original fields plus
 ``occurred_at_ms`` and ``received_at_ms``) or a Rejection with a reason code. Plain
 dicts, not model objects: this runs once per event on the hot path.
+
+``scan_events`` is the fast path routing takes first: native code (``abm_native``,
+processors/native/) checks a whole batch against the same contract outside the GIL and accepts
+only events it is sure of; ``validate_event`` decides the rest (and is what defines a
+valid event: tests/unit/test_fast_path.py holds the two to each other).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any, Final
 
 import orjson
 
+from processors.fast_routing import native
 from schemas.events import (
     EVENT_TYPES,
     MAX_EVENT_BYTES,
@@ -183,6 +189,38 @@ def validate_event(raw: bytes, received_at_ms: int) -> Event | Rejection:
     data["occurred_at_ms"] = checked
     data["received_at_ms"] = received_at_ms
     return data
+
+
+# What routing reads of an event the fast path accepted: (type, occurred_at_ms,
+# account_id, contact_id, email, account_domain).
+ScannedEvent = tuple[str, int, str | None, str | None, str | None, str | None]
+
+_FAST_PATH: Final = (
+    None
+    if native is None
+    else native.FastPath(
+        [
+            (name, list(t.required), [(f.name, f.kind, f.required, f.minimum, f.maximum, list(f.choices), f.pattern is not None, f.requires) for f in t.properties])
+            for name, t in EVENT_TYPES.items()
+        ],
+        list(REQUIRED_FIELDS),
+        list(_STRING_FIELDS),
+        MAX_STRING_LENGTH,
+        MAX_EVENT_BYTES,
+        MIN_OCCURRED_AT_MS,
+        MAX_FUTURE_MS,
+    )
+)
+
+
+def scan_events(raw_values: list[bytes | None], received_at_ms: int) -> list[ScannedEvent | None]:
+    """For each raw value, what routing reads of it when the fast path accepts it as a
+    valid event (``validate_event`` would return it with the same type and
+    ``occurred_at_ms``), else None: ``validate_event`` decides."""
+    if _FAST_PATH is None:
+        return [None] * len(raw_values)
+    scanned: list[ScannedEvent | None] = _FAST_PATH.scan(raw_values, received_at_ms)
+    return scanned
 
 
 def validate_record(kind: str, raw: bytes) -> dict[str, Any] | Rejection:

@@ -28,7 +28,7 @@ from clickhouse_connect.driver.client import Client
 
 from processors.dedup import DedupPolicy
 from processors.identity import AccountDirectory
-from processors.routing import EVENTS_PER_MESSAGE, LearnedContact, forwarded_events, forwarded_messages, keys_resolved_by, reroute_pending, route_batch
+from processors.routing import EVENTS_PER_MESSAGE, Forwarded, LearnedContact, forwarded_events, forwarded_messages, keys_resolved_by, reroute_pending, route_batch
 from processors.validation import Rejection
 from processors.waiting import WaitingKeys
 from schemas.events import TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, source_topics
@@ -206,7 +206,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
         stats.stale_dropped += admitted.stale
         return admitted.fresh
 
-    async def forward(by_partition: dict[int, list[dict[str, Any]]], learned: list[LearnedContact]) -> None:
+    async def forward(by_partition: dict[int, list[Forwarded]], learned: list[LearnedContact]) -> None:
         """Attributed events to their account's partition; newly learned contacts to the directory."""
         for partition, bucket in by_partition.items():
             for chunk in forwarded_messages(bucket):

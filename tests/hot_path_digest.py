@@ -6,7 +6,9 @@ stored state at each checkpoint.
 ``--pure`` imports processors/ from its sources, past the compiled extensions
 (setup.py): tests/unit/test_compiled.py compares both runs, so the interpreted code a
 machine without a C compiler runs (ABM_PURE_PYTHON=1) derives exactly what CI's
-compiled code does.
+compiled code does. ``--no-native`` runs without the native fast path (abm_native):
+tests/unit/test_fast_path.py compares that run with the default one. Forwarded
+messages count as the events they decode to: the fast path writes other bytes for them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import random
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
@@ -49,7 +51,8 @@ class SourceFinder(importlib.abc.MetaPathFinder):
 
 def raw_stream(events: int) -> list[bytes | None]:
     """Simulated events as sent, with what real sources add: events that must wait for
-    the directory or resolve by a domain, some arriving minutes late, repeats, bad input."""
+    the directory or resolve by a domain, times in other forms, some arriving minutes
+    late, repeats, bad input."""
     from streams.simulator import encode, iter_events
 
     rng = random.Random(7)
@@ -57,6 +60,8 @@ def raw_stream(events: int) -> list[bytes | None]:
     for event in iter_events(accounts=60, expected_events=events, count=events, start=START, history_days=20):
         if rng.random() < 0.3:
             event.pop("account_id", None)
+        if rng.random() < 0.1:
+            event["occurred_at"] = other_time_form(rng, event["occurred_at"])
         raw.append(encode(event))
     for _ in range(events // 50):  # late: moved up to ~300 positions on
         index = rng.randrange(len(raw) - 1)
@@ -65,6 +70,19 @@ def raw_stream(events: int) -> list[bytes | None]:
     for bad in (None, b"", b"{", b"[]", b'{"type":"email_open"}', b'{"schema_version":1,"type":"nope"}'):
         raw.insert(rng.randrange(len(raw)), bad)
     return raw
+
+
+def other_time_form(rng: random.Random, iso: str) -> str | int:
+    """The same instant as epoch ms, with a UTC offset, or in forms only Python parses."""
+    at = datetime.fromisoformat(iso)
+    form = rng.randrange(4)
+    if form == 0:
+        return int(at.timestamp() * 1000)
+    if form == 1:
+        return at.astimezone(timezone(timedelta(hours=-5, minutes=-30))).isoformat(timespec="milliseconds")
+    if form == 2:
+        return iso.replace(".", ",")
+    return at.strftime("%Y%m%dT%H%M%S.%fZ")  # ISO's basic format
 
 
 def digest(events: int) -> dict[str, Any]:
@@ -112,7 +130,7 @@ def digest(events: int) -> dict[str, Any]:
         messages = []
         for partition in sorted(routed.by_partition):
             for message in forwarded_messages(routed.by_partition[partition], max_events=100):
-                sha.update(message)
+                sha.update(orjson.dumps(orjson.loads(message)))
                 messages.append((partition, forwarded_events(partition, offsets[partition], message)))
                 offsets[partition] += 1
         folded = fold_messages(
@@ -146,6 +164,10 @@ def digest(events: int) -> dict[str, Any]:
 if __name__ == "__main__":
     if "--pure" in sys.argv:
         sys.meta_path.insert(0, SourceFinder())
+    if "--no-native" in sys.argv:
+        sys.modules["abm_native"] = None  # type: ignore[assignment]  # its import fails
+    import processors.fast_routing
     import processors.scoring
 
-    print(orjson.dumps({"scoring_module": processors.scoring.__file__, **digest(int(sys.argv[-1]))}).decode())
+    report = {"scoring_module": processors.scoring.__file__, "native": processors.fast_routing.native is not None}
+    print(orjson.dumps({**report, **digest(int(sys.argv[-1]))}).decode())

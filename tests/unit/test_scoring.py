@@ -6,6 +6,7 @@ import random
 import re
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -108,7 +109,7 @@ def test_routing_gives_events_the_seniority_of_their_contacts_title():
     directory.learn_contact("c9", None, "a1")  # a learned contact without a title keeps it
     raw = orjson.dumps({"event_id": "1", "type": "page_view", "occurred_at": T0, "source": "web", "url": "u", "contact_id": "c9"})
     routed = route_batch([raw], [("raw", 0, 0)], T0, 8, directory)
-    [event] = [e for bucket in routed.by_partition.values() for e in bucket]
+    [event] = forwarded(routed.by_partition)
     assert (event["account_id"], event["_seniority"]) == ("a1", "c_level")
 
 
@@ -460,7 +461,12 @@ def test_route_batch_groups_by_account_partition_and_sets_aside_the_rest():
     assert [i for i, _ in routed.rejected] == [1, 3]
     assert [(i, waiting_on) for i, _, waiting_on in routed.unresolved] == [(2, None)]
     assert routed.valid_by_type == {"page_view": 3}
-    assert [e["_origin"] for bucket in routed.by_partition.values() for e in bucket] == [("raw", 0, 0), ("raw", 0, 4)]
+    assert [e["_origin"] for e in forwarded(routed.by_partition)] == [["raw", 0, 0], ["raw", 0, 4]]
+
+
+def forwarded(by_partition: dict[int, list[Any]]) -> list[dict[str, Any]]:
+    """The routed events as the score agent decodes them."""
+    return [event for bucket in by_partition.values() for message in forwarded_messages(bucket) for event in orjson.loads(message)]
 
 
 @settings(max_examples=100)

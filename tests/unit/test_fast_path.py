@@ -1,0 +1,199 @@
+"""The routing stage's native fast path (native/, processors.validation.scan_events,
+processors.routing.forwarded_messages) held to the interpreted path it stands in for:
+it accepts only events ``validate_event`` accepts, reads them alike, and what it forwards
+decodes to the dict the interpreted path forwards, member for member and in order."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, example, given, settings, strategies as st
+
+from processors.fast_routing import native
+from processors.validation import Rejection, scan_events, validate_event
+from schemas.events import EVENT_TYPES, MAX_STRING_LENGTH
+from streams.simulator import encode, iter_events
+
+pytestmark = pytest.mark.skipif(native is None, reason="installed without the native fast path (ABM_PURE_PYTHON=1)")
+
+ROOT = Path(__file__).resolve().parents[2]
+RECEIVED_AT_MS = 1_800_000_000_000  # 2027-01-15
+ORIGIN = ("raw.topic", 3, 41)
+
+TIMES = st.one_of(
+    st.sampled_from(
+        [
+            "2026-10-09T14:22:18.353Z", "2026-10-09T14:22:18Z", "2026-10-09T14:22:18.3Z", "2026-10-09T14:22:18.123456Z",
+            "2026-10-09T14:22:18.1234567Z", "2026-10-09T14:22:18,353Z", "2026-10-09t14:22:18z", "2026-10-09T14:22:18.353+05:30",
+            "2026-10-09T14:22:18-00:00", "2026-10-09T14:22:18+23:59", "2026-10-09T14:22:18+24:00", "2026-10-09T14:22:18+05:60",
+            "2026-10-09T14:22:18+05:30:15", "2026-10-09T24:00:00Z", "2026-10-09T14:22:60Z", "2026-10-09", "2026-10-09T14:22:18",
+            "20261009T142218Z", "2024-02-29T00:00:00Z", "2026-02-29T00:00:00Z", "2026-04-31T00:00:00Z", "2026-12-31T23:59:59.999999Z",
+            "1999-12-31T23:59:59.999Z", "2000-01-01T00:00:00Z", "2027-01-16T00:00:00Z", "2027-01-16T00:00:00.001Z", "9999-12-31T23:59:59Z",
+            "0001-01-01T00:00:00Z", " 2026-10-09T14:22:18Z", "2026-10-09T14:22:18Z ", "２０２６-10-09T14:22:18Z", "",
+        ]
+    ),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.integers(min_value=946_684_800_000 - 10, max_value=RECEIVED_AT_MS + 86_400_010),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.none(),
+    st.builds(lambda ms, h, m: f"{ms}+{h:02d}:{m:02d}", st.sampled_from(["2026-10-09T14:22:18", "2026-03-01T00:00:00.5"]), st.integers(0, 25), st.integers(0, 61)),
+)
+VALUES = st.one_of(
+    st.none(), st.just(""), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8),
+    st.sampled_from(["x" * MAX_STRING_LENGTH, "x" * (MAX_STRING_LENGTH + 1), "é" * MAX_STRING_LENGTH, "é" * (MAX_STRING_LENGTH + 1), "a\u0000b"]),
+    st.sampled_from(["call", "demo", "hard", "soft", "USD", "usd", "US"]),
+    st.lists(st.text(max_size=3), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+def base_event(event_type: str) -> dict[str, Any]:
+    """A valid event of the type, with every field it may name."""
+    event: dict[str, Any] = {
+        "event_id": "e-1", "type": event_type, "occurred_at": "2026-10-09T14:22:18.353Z", "source": "crm", "account_id": "acct-1",
+        "account_domain": "acme.example", "contact_id": "ct-1", "email": "Ann+x@Acme.example", "campaign_id": "camp-1", "url": "https://acme.example/",
+        "content_id": "webinar-1",
+    }
+    properties = {"form_id": "f1", "meeting_type": "demo", "opportunity_id": "o1", "stage": "won", "amount": 10.5, "currency": "USD", "score": 9}
+    event["properties"] = {f.name: properties[f.name] for f in EVENT_TYPES[event_type].properties if f.name in properties}
+    return event
+
+
+@st.composite
+def events(draw: st.DrawFn) -> dict[str, Any]:
+    """Valid events of every type, most of them then broken or bent in one or a few ways."""
+    event = base_event(draw(st.sampled_from(sorted(EVENT_TYPES))))
+    for _ in range(draw(st.integers(0, 3))):
+        change = draw(st.sampled_from(["field", "drop", "time", "received", "property", "properties", "type", "extra"]))
+        if change == "field":
+            event[draw(st.sampled_from(sorted(event)))] = draw(VALUES)
+        elif change == "drop":
+            event.pop(draw(st.sampled_from(sorted(event))), None)
+        elif change == "time":
+            event["occurred_at"] = draw(TIMES)
+        elif change == "received":
+            event["received_at"] = draw(TIMES)
+        elif change == "property":
+            names = [f.name for t in EVENT_TYPES.values() for f in t.properties] + ["other"]
+            event.setdefault("properties", {})
+            if isinstance(event["properties"], dict):
+                event["properties"][draw(st.sampled_from(names))] = draw(VALUES)
+        elif change == "properties":
+            event["properties"] = draw(VALUES)
+        elif change == "type":
+            event["type"] = draw(st.one_of(st.sampled_from(["nope", "Page_view", ""]), VALUES))
+        else:
+            event[draw(st.sampled_from(["_origin", "_seniority", "occurred_at_ms", "received_at_ms", "nested", "n"]))] = draw(
+                st.one_of(VALUES, st.just([[[1, {"a": [2.5, None]}]]]), st.just(-(2**80)), st.just(2**64 - 1))
+            )
+    return event
+
+
+@st.composite
+def raw_events(draw: st.DrawFn) -> bytes:
+    """An event as some source may send it: compact or spaced, members repeated, or
+    bytes that are not an event at all."""
+    event = draw(events())
+    # the standard library's encoder: integers beyond 64 bits too
+    raw = json.dumps(event, ensure_ascii=draw(st.booleans()), indent=draw(st.sampled_from([None, 2])), separators=(",", ":")).encode()
+    form = draw(st.sampled_from(["as is", "spaced", "repeated member", "escaped", "not an object", "cut", "bad utf-8"]))
+    if form == "spaced":
+        raw = b" \n" + raw + b" \t\n"
+    elif form == "repeated member" and raw.startswith(b"{") and len(raw) > 2:
+        name = draw(st.sampled_from(["type", "occurred_at", "account_id", "_origin", "event_id", "properties"]))
+        first = json.dumps({name: draw(VALUES)}).encode()[1:-1]
+        raw = b"{" + first + b"," + raw[1:] if draw(st.booleans()) else raw[:-1] + b"," + first + b"}"
+    elif form == "escaped":
+        raw = raw.replace(b"e-1", b"\\u0065-1").replace(b"Ann", b"\\u00c5nn")
+    elif form == "not an object":
+        raw = draw(st.sampled_from([b"[]", b"1", b'"x"', b"null", b"", b"{}"]))
+    elif form == "cut":
+        raw = raw[: draw(st.integers(0, len(raw)))]
+    elif form == "bad utf-8":
+        raw = raw.replace(b"crm", b"cr\xff")
+    return raw
+
+
+def scanned_by_python(event: dict[str, Any]) -> tuple[Any, ...]:
+    return (event["type"], event["occurred_at_ms"], event.get("account_id"), event.get("contact_id"), event.get("email"), event.get("account_domain"))
+
+
+@settings(max_examples=3_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw_events(), st.sampled_from([None, "vp", 'c"level\u00e9']))
+@example(orjson.dumps(base_event("page_view")), None)
+def test_the_fast_path_accepts_only_valid_events_and_forwards_them_as_python_would(raw: bytes, seniority: str | None) -> None:
+    [scanned] = scan_events([raw], RECEIVED_AT_MS)
+    expected = validate_event(raw, RECEIVED_AT_MS)
+    if scanned is None:
+        return  # validate_event decides
+    assert not isinstance(expected, Rejection), (raw, expected)
+    assert scanned == scanned_by_python(expected)
+    # the interpreted path's dict, as routing changes it
+    expected["_origin"] = ORIGIN
+    expected["account_id"] = "acct-9"
+    if seniority is not None:
+        expected["_seniority"] = seniority
+    [message] = native.forwarded_arrays([(raw, scanned[1], RECEIVED_AT_MS, ORIGIN, "acct-9", seniority)], 500, 1 << 20)
+    [forwarded] = orjson.loads(message)
+    assert list(forwarded.items()) == list(orjson.loads(orjson.dumps(expected)).items())
+
+
+def test_the_fast_path_takes_the_simulators_events_and_leaves_what_it_is_unsure_of() -> None:
+    """The case that gives it its speed: every simulated event. And what it leaves."""
+    raws = [encode(event) for event in iter_events(seed=3, accounts=50, count=2_000)]
+    assert all(scanned is not None for scanned in scan_events(raws, RECEIVED_AT_MS))
+    unsure = {
+        "comma": orjson.dumps({**base_event("page_view"), "occurred_at": "2026-10-09T14:22:18,353Z"}),
+        "pattern": orjson.dumps(base_event("opportunity_stage_changed")),  # its currency must match [A-Z]{3}
+        "deep": orjson.dumps({**base_event("page_view"), "x": [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]}).replace(b"[1]", b"[" * 130 + b"1" + b"]" * 130),
+        "rejected": orjson.dumps({**base_event("page_view"), "url": None}),
+    }
+    assert [name for name, raw in unsure.items() if scan_events([raw], RECEIVED_AT_MS)[0] is not None] == []
+    assert [name for name, raw in unsure.items() if isinstance(validate_event(raw, RECEIVED_AT_MS), Rejection)] == ["rejected"]
+    assert scan_events([None, b"", bytearray(raws[0])], RECEIVED_AT_MS) == [None, None, None]  # type: ignore[list-item]
+
+
+def test_forwarded_arrays_hold_at_most_the_events_and_bytes_given_and_keep_the_order() -> None:
+    raws = [encode(event) for event in iter_events(seed=5, accounts=20, count=1_203)]
+    scanned = scan_events(raws, RECEIVED_AT_MS)
+    items: list[Any] = [(raw, s[1], RECEIVED_AT_MS, ("t", 0, offset), "a", None) for offset, (raw, s) in enumerate(zip(raws, scanned)) if s]
+    items.insert(7, orjson.dumps({"decoded": "by Python"}))  # an event the interpreted path routed
+    large = orjson.dumps({"big": "x" * 70_000})
+    items.insert(100, large)
+    messages = native.forwarded_arrays(items, 500, 64 * 1024)
+    decoded = [orjson.loads(message) for message in messages]
+    assert all(len(events) <= 500 for events in decoded)
+    assert all(len(message) <= 64 * 1024 for message, events in zip(messages, decoded) if len(events) > 1)
+    assert [events for events in decoded if len(events) == 1 and "big" in events[0]] == [[orjson.loads(large)]]  # larger: alone
+    flat = [event for events in decoded for event in events]
+    assert len(flat) == len(items)
+    assert flat[7] == {"decoded": "by Python"}
+    assert [event["_origin"][2] for event in flat if "_origin" in event] == list(range(len(raws)))
+    assert native.forwarded_arrays([], 500, 1024) == []
+
+
+def test_a_raw_event_that_is_not_an_object_cannot_be_forwarded() -> None:
+    with pytest.raises(ValueError, match="not a JSON object"):
+        native.forwarded_arrays([(b"[1]", 0, 0, ("t", 0, 0), "a", None)], 500, 1024)
+
+
+@pytest.mark.skipif(os.environ.get("ABM_PURE_PYTHON") == "1", reason="installed without the native fast path")
+def test_routing_and_folding_derive_the_same_with_and_without_the_fast_path() -> None:
+    """Everything processors/ derives from one stream (tests/hot_path_digest.py: late,
+    repeated, unresolved and bad events, times in forms only Python parses)."""
+
+    def digest(*flags: str) -> dict[str, Any]:
+        run = subprocess.run([sys.executable, "-m", "tests.hot_path_digest", *flags, "20000"], capture_output=True, check=True, cwd=ROOT)
+        result: dict[str, Any] = orjson.loads(run.stdout)
+        return result
+
+    with_it, without = digest(), digest("--no-native")
+    assert (with_it.pop("native"), without.pop("native")) == (True, False)
+    assert with_it == without
