@@ -205,10 +205,7 @@ _FAST_PATH: Final = (
         ],
         list(REQUIRED_FIELDS),
         list(_STRING_FIELDS),
-        MAX_STRING_LENGTH,
-        MAX_EVENT_BYTES,
-        MIN_OCCURRED_AT_MS,
-        MAX_FUTURE_MS,
+        {"max_string_chars": MAX_STRING_LENGTH, "max_event_bytes": MAX_EVENT_BYTES, "min_occurred_at_ms": MIN_OCCURRED_AT_MS, "max_future_ms": MAX_FUTURE_MS},
     )
 )
 

@@ -37,15 +37,22 @@ type PropertySpec = (String, String, bool, Option<f64>, Option<f64>, Vec<String>
 /// ms, account_id, contact_id, email, account_domain).
 type Scanned = (String, i64, Option<String>, Option<String>, Option<String>, Option<String>);
 
+/// The contract's bounds, from a dict of these names.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct Limits {
+    max_string_chars: usize,
+    max_event_bytes: usize,
+    min_occurred_at_ms: i64,
+    max_future_ms: i64,
+}
+
 #[pyclass(frozen)]
 struct FastPath {
     types: HashMap<String, EventType>,
     required: Vec<String>,
     string_fields: Vec<String>,
-    max_string_chars: usize,
-    max_event_bytes: usize,
-    min_occurred_at_ms: i64,
-    max_future_ms: i64,
+    limits: Limits,
 }
 
 fn missing(value: Option<&Value>) -> bool {
@@ -124,7 +131,7 @@ fn string_field(object: &Map<String, Value>, name: &str) -> Option<String> {
 
 impl FastPath {
     fn short_string(&self, value: &Value) -> bool {
-        value.as_str().is_some_and(|s| s.len() <= self.max_string_chars || s.chars().count() <= self.max_string_chars)
+        value.as_str().is_some_and(|s| s.len() <= self.limits.max_string_chars || s.chars().count() <= self.limits.max_string_chars)
     }
 
     fn property_valid(&self, properties: Option<&Map<String, Value>>, property: &Property) -> bool {
@@ -147,7 +154,7 @@ impl FastPath {
     }
 
     fn scan_one(&self, raw: &[u8], received_at_ms: i64) -> Option<Scanned> {
-        if raw.len() > self.max_event_bytes {
+        if raw.len() > self.limits.max_event_bytes {
             return None;
         }
         let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(raw) else { return None };
@@ -174,7 +181,7 @@ impl FastPath {
             return None;
         }
         let occurred_at_ms = timestamp_ms(object.get("occurred_at")?)?;
-        if occurred_at_ms < self.min_occurred_at_ms || occurred_at_ms > received_at_ms.saturating_add(self.max_future_ms) {
+        if occurred_at_ms < self.limits.min_occurred_at_ms || occurred_at_ms > received_at_ms.saturating_add(self.limits.max_future_ms) {
             return None;
         }
         Some((
@@ -191,16 +198,7 @@ impl FastPath {
 #[pymethods]
 impl FastPath {
     #[new]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        event_types: Vec<(String, Vec<String>, Vec<PropertySpec>)>,
-        required: Vec<String>,
-        string_fields: Vec<String>,
-        max_string_chars: usize,
-        max_event_bytes: usize,
-        min_occurred_at_ms: i64,
-        max_future_ms: i64,
-    ) -> Self {
+    fn new(event_types: Vec<(String, Vec<String>, Vec<PropertySpec>)>, required: Vec<String>, string_fields: Vec<String>, limits: Limits) -> Self {
         let types = event_types
             .into_iter()
             .map(|(name, required, properties)| {
@@ -220,7 +218,7 @@ impl FastPath {
                 (name, EventType { required, properties })
             })
             .collect();
-        FastPath { types, required, string_fields, max_string_chars, max_event_bytes, min_occurred_at_ms, max_future_ms }
+        FastPath { types, required, string_fields, limits }
     }
 
     /// For each raw value, what routing reads of it if the fast path accepts it, else None.
