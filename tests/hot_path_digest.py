@@ -17,6 +17,7 @@ import hashlib
 import importlib.abc
 import importlib.util
 import random
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -47,6 +48,13 @@ class SourceFinder(importlib.abc.MetaPathFinder):
         if fullname.startswith("processors."):
             return importlib.util.spec_from_file_location(fullname, PROCESSORS / f"{fullname.removeprefix('processors.')}.py")
         return None
+
+
+def digest_of_a_run(*flags: str, events: int = 20_000) -> dict[str, Any]:
+    """What a process of its own prints with these flags: each run imports processors/ afresh."""
+    run = subprocess.run([sys.executable, "-m", "tests.hot_path_digest", *flags, str(events)], capture_output=True, check=True, cwd=PROCESSORS.parent)
+    result: dict[str, Any] = orjson.loads(run.stdout)
+    return result
 
 
 def raw_stream(events: int) -> list[bytes | None]:

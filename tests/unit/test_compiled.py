@@ -7,12 +7,9 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
-import subprocess
-import sys
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
-import orjson
 import pytest
 from click.testing import CliRunner
 
@@ -21,8 +18,8 @@ from processors import fast_routing
 from streams import compiled
 from streams.cli import main
 from streams.compiled import stale_compiled_modules
+from tests.hot_path_digest import digest_of_a_run
 
-ROOT = Path(__file__).resolve().parents[2]
 MODULES = sorted(f"processors.{info.name}" for info in pkgutil.iter_modules(processors.__path__))
 
 
@@ -89,16 +86,10 @@ def test_the_command_line_refuses_stale_compiled_modules(tmp_path: Path, monkeyp
     assert CliRunner().invoke(main, ["kafka", "--help"]).exit_code == 0
 
 
-def _hot_path_digest(*flags: str) -> dict[str, object]:
-    run = subprocess.run([sys.executable, "-m", "tests.hot_path_digest", *flags, "20000"], capture_output=True, check=True, cwd=ROOT)
-    result: dict[str, object] = orjson.loads(run.stdout)
-    return result
-
-
 def test_interpreted_and_compiled_processors_derive_the_same_bytes() -> None:
     """mypyc once miscompiled a generator (the tests caught it by luck); this compares
     everything processors/ derives from one stream: routing, folding, held segments, states."""
-    default, pure = _hot_path_digest(), _hot_path_digest("--pure")
+    default, pure = digest_of_a_run(), digest_of_a_run("--pure")
     assert str(pure.pop("scoring_module")).endswith("/processors/scoring.py")
     compiled_module = str(default.pop("scoring_module"))
     if os.environ.get("ABM_PURE_PYTHON") != "1":

@@ -6,10 +6,6 @@ decodes to the dict the interpreted path forwards, member for member and in orde
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,10 +16,10 @@ from processors.fast_routing import native
 from processors.validation import Rejection, scan_events, validate_event
 from schemas.events import EVENT_TYPES, MAX_STRING_LENGTH
 from streams.simulator import encode, iter_events
+from tests.hot_path_digest import digest_of_a_run
 
 pytestmark = pytest.mark.skipif(native is None, reason="installed without the native fast path (ABM_PURE_PYTHON=1)")
 
-ROOT = Path(__file__).resolve().parents[2]
 RECEIVED_AT_MS = 1_800_000_000_000  # 2027-01-15
 ORIGIN = ("raw.topic", 3, 41)
 
@@ -184,16 +180,9 @@ def test_a_raw_event_that_is_not_an_object_cannot_be_forwarded() -> None:
         native.forwarded_arrays([(b"[1]", 0, 0, ("t", 0, 0), "a", None)], 500, 1024)
 
 
-@pytest.mark.skipif(os.environ.get("ABM_PURE_PYTHON") == "1", reason="installed without the native fast path")
 def test_routing_and_folding_derive_the_same_with_and_without_the_fast_path() -> None:
     """Everything processors/ derives from one stream (tests/hot_path_digest.py: late,
     repeated, unresolved and bad events, times in forms only Python parses)."""
-
-    def digest(*flags: str) -> dict[str, Any]:
-        run = subprocess.run([sys.executable, "-m", "tests.hot_path_digest", *flags, "20000"], capture_output=True, check=True, cwd=ROOT)
-        result: dict[str, Any] = orjson.loads(run.stdout)
-        return result
-
-    with_it, without = digest(), digest("--no-native")
+    with_it, without = digest_of_a_run(), digest_of_a_run("--no-native")
     assert (with_it.pop("native"), without.pop("native")) == (True, False)
     assert with_it == without
