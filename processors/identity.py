@@ -7,6 +7,11 @@ view's reverse-IP company lookup). Personal email domains never match nor create
 account. An event none of these resolve waits on its registrable domain, or failing
 one, on its contact (``contact:id:...`` or ``contact:email:...``): a later account or
 contact record, or another event of the contact, resolves it.
+
+Where native code is built, the directory is ``NativeAccountDirectory``: the same maps
+and rules in ``abm_native.Directory``, which also routes the events the fast path accepts
+without a Python object per event (processors.routing). ``AccountDirectory`` is the
+definition it is held to (tests/unit/test_identity.py), and the directory without it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any, Final
 
 from publicsuffixlist import PublicSuffixList
 
+from processors.fast_routing import native
 from processors.scoring import seniority_of
 
 # Free-mail and ISP domains: a person's address there says nothing about their employer.
@@ -186,10 +192,7 @@ class AccountDirectory:
         return None
 
     def resolve(self, event: dict[str, Any]) -> Resolution:
-        return self.resolve_fields(event.get("account_id"), event.get("contact_id"), event.get("email"), event.get("account_domain"))
-
-    def resolve_fields(self, explicit: object, contact_id: object, email: object, account_domain: object) -> Resolution:
-        """``resolve`` of an event with these fields."""
+        explicit, contact_id, email, account_domain = event.get("account_id"), event.get("contact_id"), event.get("email"), event.get("account_domain")
         if isinstance(explicit, str) and explicit:
             return Resolution(explicit, Method.EXPLICIT)
         for key, method in _contact_keys(contact_id, email):
@@ -208,6 +211,59 @@ class AccountDirectory:
         if waiting_on is None:  # no business domain: the contact itself may become known
             waiting_on = next(iter(waiting_keys(contact_id, email)), None)
         return Resolution(None, Method.UNRESOLVED, waiting_on)
+
+
+class NativeAccountDirectory:
+    """``AccountDirectory`` in native code (``native``); the public-suffix list, IDNA
+    and emails that are not ASCII are Python's, called back."""
+
+    def __init__(self, max_contacts: int = 2_000_000) -> None:
+        self.native: Any = native.Directory(max_contacts, set(PERSONAL_DOMAINS), registrable_domain, normalize_email)
+
+    def learn_account(self, account_id: str, domains: list[str] | tuple[str, ...]) -> list[str]:
+        newly: list[str] = self.native.learn_account(account_id, list(domains))
+        return newly
+
+    def forget_account(self, account_id: str) -> None:
+        self.native.forget_account(account_id)
+
+    @property
+    def domains(self) -> int:
+        count: int = self.native.domains
+        return count
+
+    @property
+    def contacts(self) -> int:
+        count: int = self.native.contacts
+        return count
+
+    def account_for_domain(self, domain: str) -> str | None:
+        account_id: str | None = self.native.account_for_domain(domain)
+        return account_id
+
+    def learn_contact(self, contact_id: object, email: object, account_id: str, title: object = None) -> bool:
+        news: bool = self.native.remember_contact(contact_id, email, account_id, seniority_of(title) if isinstance(title, str) else None)
+        return news
+
+    def seniority(self, contact_id: object, email: object) -> str | None:
+        seniority: str | None = self.native.seniority(contact_id, email)
+        return seniority
+
+    def attribute_contact(self, contact_id: object, email: object, account_id: str) -> tuple[bool, str | None]:
+        attributed: tuple[bool, str | None] = self.native.attribute_contact(contact_id, email, account_id)
+        return attributed
+
+    def resolve(self, event: dict[str, Any]) -> Resolution:
+        account_id, method, waiting_on = self.native.resolve_fields(event.get("account_id"), event.get("contact_id"), event.get("email"), event.get("account_domain"))
+        return Resolution(account_id, Method(method), waiting_on)
+
+
+Directory = AccountDirectory | NativeAccountDirectory
+
+
+def account_directory(max_contacts: int) -> Directory:
+    """The native directory where it is built, else the interpreted one."""
+    return AccountDirectory(max_contacts) if native is None else NativeAccountDirectory(max_contacts)
 
 
 def _contact_keys(contact_id: object, email: object) -> list[tuple[str, Method]]:

@@ -5,10 +5,10 @@ Each routed event carries its origin, ``_origin = [raw topic, partition, offset]
 a worker killed after forwarding but before committing forwards the same raw messages
 again, and their origin lets the account recognise them (processors.accounts).
 
-An event the native fast path accepts (processors.validation.scan_events) never becomes
-a dict here: it is resolved from the fields the scan read, and forwarded as its raw
-bytes with routing's fields spliced on (``RawForward``), which decodes to the dict the
-interpreted path would have forwarded.
+With the native directory (processors.identity.NativeAccountDirectory), an event the
+native fast path accepts (processors.validation.FAST_PATH) and the directory resolves
+never becomes a dict here: it is forwarded as its raw bytes with routing's fields spliced
+on, which decode to the dict the interpreted path would have forwarded.
 """
 
 from __future__ import annotations
@@ -21,16 +21,13 @@ import orjson
 
 from processors.accounts import Position
 from processors.chunks import json_arrays
-from processors.identity import AccountDirectory, account_partition, waiting_keys
 from processors.fast_routing import native
-from processors.validation import Rejection, scan_events, validate_event
+from processors.identity import Directory, NativeAccountDirectory, account_partition, waiting_keys
+from processors.validation import FAST_PATH, Rejection, validate_event
 
 Origin = tuple[str, int, int]  # (topic, partition, offset) of the raw message
 LearnedContact = tuple[str | None, str | None, str]  # (contact id, email, account id)
-# A raw event the fast path accepted, with what routing adds to it when forwarded:
-# (raw, occurred_at_ms, received_at_ms, origin, account_id, seniority or None).
-RawForward = tuple[bytes, int, int, Origin, str, str | None]
-Forwarded = dict[str, Any] | RawForward  # an event as routed: a dict where Python decoded it
+Forwarded = dict[str, Any] | bytes  # an event as routed: a dict where Python decoded it, else its JSON
 
 # A forwarded message carries up to this many events, and up to this many bytes of JSON
 # unless it holds a single event: the internal topic's limit must then take one event
@@ -53,25 +50,25 @@ def route_batch(
     origins: Sequence[Origin],
     received_at_ms: int,
     partitions: int,
-    directory: AccountDirectory,
+    directory: Directory,
 ) -> RoutedBatch:
     routed = RoutedBatch()
-    for index, scanned in enumerate(scan_events(list(raw_values), received_at_ms)):
+
+    def decoded(index: int) -> None:
         raw = raw_values[index]
-        if scanned is not None and raw is not None:
-            event_type, occurred_at_ms, explicit, contact_id, email, account_domain = scanned
-            account_id = directory.resolve_fields(explicit, contact_id, email, account_domain).account_id
-            if account_id is not None:
-                routed.valid_by_type[event_type] = routed.valid_by_type.get(event_type, 0) + 1
-                seniority = attribute_contact(contact_id, email, account_id, directory, routed.learned_contacts)
-                add_to_partition(routed.by_partition, (raw, occurred_at_ms, received_at_ms, origins[index], account_id, seniority), account_id, partitions)
-                continue
-            # it waits: stored as the event itself, which the interpreted path decodes
         route_decoded(routed, index, raw if raw is not None else b"", origins[index], received_at_ms, partitions, directory)
+
+    if isinstance(directory, NativeAccountDirectory):
+        directory.native.route(
+            FAST_PATH, list(raw_values), list(origins), received_at_ms, partitions, routed.by_partition, routed.learned_contacts, routed.valid_by_type, decoded
+        )
+    else:
+        for index in range(len(raw_values)):
+            decoded(index)
     return routed
 
 
-def route_decoded(routed: RoutedBatch, index: int, raw: bytes, origin: Origin, received_at_ms: int, partitions: int, directory: AccountDirectory) -> None:
+def route_decoded(routed: RoutedBatch, index: int, raw: bytes, origin: Origin, received_at_ms: int, partitions: int, directory: Directory) -> None:
     """The interpreted path of one raw event: decoded, checked, resolved as a dict."""
     result = validate_event(raw, received_at_ms)
     if isinstance(result, Rejection):
@@ -95,7 +92,7 @@ class ReroutedBatch:
     learned_contacts: list[LearnedContact] = field(default_factory=list)
 
 
-def reroute_pending(pending: Sequence[tuple[str, dict[str, Any]]], partitions: int, directory: AccountDirectory) -> ReroutedBatch:
+def reroute_pending(pending: Sequence[tuple[str, dict[str, Any]]], partitions: int, directory: Directory) -> ReroutedBatch:
     """Events that waited, resolved as the directory stands now. One whose key was learned
     and then lost again (a domain reassigned meanwhile) waits on, and so does its key."""
     rerouted = ReroutedBatch()
@@ -110,22 +107,18 @@ def reroute_pending(pending: Sequence[tuple[str, dict[str, Any]]], partitions: i
     return rerouted
 
 
-def attribute(event: dict[str, Any], account_id: str, directory: AccountDirectory, learned: list[LearnedContact]) -> None:
-    """Gives the event its account (and its contact's seniority, when known)."""
+def attribute(event: dict[str, Any], account_id: str, directory: Directory, learned: list[LearnedContact]) -> None:
+    """Gives the event its account (and its contact's seniority, when known); a contact
+    the event names now stays with its account."""
     event["account_id"] = account_id
-    seniority = attribute_contact(event.get("contact_id"), event.get("email"), account_id, directory, learned)
-    if seniority is not None:
-        event["_seniority"] = seniority
-
-
-def attribute_contact(contact_id: Any, email: Any, account_id: str, directory: AccountDirectory, learned: list[LearnedContact]) -> str | None:
-    """A contact the event names now stays with its account; the contact's seniority, when known."""
+    contact_id, email = event.get("contact_id"), event.get("email")
     if not (contact_id or email):
-        return None
+        return
     news, seniority = directory.attribute_contact(contact_id, email, account_id)
     if news:
         learned.append((contact_id, email, account_id))
-    return seniority
+    if seniority is not None:
+        event["_seniority"] = seniority
 
 
 def add_to_partition(by_partition: dict[int, list[Forwarded]], event: Forwarded, account_id: str, partitions: int) -> None:
@@ -146,7 +139,7 @@ def forwarded_messages(events: Sequence[Forwarded], max_events: int = EVENTS_PER
     (a larger event goes alone), in order."""
     if native is None:  # no fast path: every event is a dict
         return [encoded for _, encoded in json_arrays(events, max_events, max_bytes)]
-    arrays: list[bytes] = native.forwarded_arrays([orjson.dumps(event) if isinstance(event, dict) else event for event in events], max_events, max_bytes)
+    arrays: list[bytes] = native.forwarded_arrays(list(events), max_events, max_bytes, orjson.dumps)
     return arrays
 
 

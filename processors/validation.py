@@ -4,7 +4,7 @@ A raw message becomes either a canonical event (a dict: the original fields plus
 ``occurred_at_ms`` and ``received_at_ms``) or a Rejection with a reason code. Plain
 dicts, not model objects: this runs once per event on the hot path.
 
-``scan_events`` is the fast path routing takes first: native code (``abm_native``,
+``FAST_PATH`` is the check routing takes first: native code (``abm_native``,
 processors/native/) checks a whole batch against the same contract outside the GIL and accepts
 only events it is sure of; ``validate_event`` decides the rest (and is what defines a
 valid event: tests/unit/test_fast_path.py holds the two to each other).
@@ -191,11 +191,10 @@ def validate_event(raw: bytes, received_at_ms: int) -> Event | Rejection:
     return data
 
 
-# What routing reads of an event the fast path accepted: (type, occurred_at_ms,
+# The contract for native code (processors.identity.NativeAccountDirectory routes with it);
+# None without it. Its scan of a batch gives, per event it accepts, (type, occurred_at_ms,
 # account_id, contact_id, email, account_domain).
-ScannedEvent = tuple[str, int, str | None, str | None, str | None, str | None]
-
-_FAST_PATH: Final = (
+FAST_PATH: Final = (
     None
     if native is None
     else native.FastPath(
@@ -208,16 +207,6 @@ _FAST_PATH: Final = (
         {"max_string_chars": MAX_STRING_LENGTH, "max_event_bytes": MAX_EVENT_BYTES, "min_occurred_at_ms": MIN_OCCURRED_AT_MS, "max_future_ms": MAX_FUTURE_MS},
     )
 )
-
-
-def scan_events(raw_values: list[bytes | None], received_at_ms: int) -> list[ScannedEvent | None]:
-    """For each raw value, what routing reads of it when the fast path accepts it as a
-    valid event (``validate_event`` would return it with the same type and
-    ``occurred_at_ms``), else None: ``validate_event`` decides."""
-    if _FAST_PATH is None:
-        return [None] * len(raw_values)
-    scanned: list[ScannedEvent | None] = _FAST_PATH.scan(raw_values, received_at_ms)
-    return scanned
 
 
 def validate_record(kind: str, raw: bytes) -> dict[str, Any] | Rejection:

@@ -27,7 +27,7 @@ from aiohttp.web import Response
 from clickhouse_connect.driver.client import Client
 
 from processors.dedup import DedupPolicy
-from processors.identity import AccountDirectory
+from processors.identity import account_directory
 from processors.routing import EVENTS_PER_MESSAGE, Forwarded, LearnedContact, forwarded_events, forwarded_messages, keys_resolved_by, reroute_pending, route_batch
 from processors.validation import Rejection
 from processors.waiting import WaitingKeys
@@ -147,7 +147,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
     dead_letters = settings.topic(TOPIC_DEAD_LETTERS)
     unresolved = settings.topic(TOPIC_UNRESOLVED)
     contacts_topic = settings.topic(TOPIC_CONTACTS)
-    directory = AccountDirectory(max_contacts=settings.directory_max_contacts)
+    directory = account_directory(settings.directory_max_contacts)
     waiting = WaitingKeys(waiting_digests(client))  # what some unresolved event waits on
     # bytes types make the changelog raw: the store and topic hold AccountState.to_bytes() as is
     table = app.Table(

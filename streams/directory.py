@@ -1,6 +1,6 @@
 """The account directory feed: every worker reads the compacted `accounts` and `contacts`
 topics in full (no consumer group, no commits: the compacted topic is the truth) and
-keeps its in-memory AccountDirectory in step with them.
+keeps its in-memory directory (processors.identity) in step with them.
 
 Ingest waits for ``ready`` (caught up with the topics' ends at start) before its first
 batch, so a restart resolves exactly as before. Domains an account record maps for the
@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
-from processors.identity import AccountDirectory, waiting_keys
+from processors.identity import Directory, waiting_keys
 from processors.validation import Rejection, validate_account, validate_contact
 from streams.kafka_admin import topic_partitions
 
@@ -33,7 +33,7 @@ class DirectoryFeed:
         bootstrap: str,
         accounts_topic: str,
         contacts_topic: str,
-        directory: AccountDirectory,
+        directory: Directory,
         on_keys_learned: Callable[[set[str]], Awaitable[None]],
         on_invalid: Callable[[ConsumerRecord, Rejection], Awaitable[None]],
     ) -> None:

@@ -95,7 +95,7 @@ def other_time_form(rng: random.Random, iso: str) -> str | int:
 
 def digest(events: int) -> dict[str, Any]:
     from processors.dedup import DedupPolicy
-    from processors.identity import AccountDirectory, account_partition
+    from processors.identity import account_directory, account_partition
     from processors.routing import forwarded_events, forwarded_messages, route_batch
     from processors.scoring import AccountState, held_events_of
     from processors.watermarks import FallbackSchedule, fold_messages
@@ -104,7 +104,7 @@ def digest(events: int) -> dict[str, Any]:
 
     dedup = DedupPolicy(horizon_ms=48 * 3_600_000, max_ids=2_000)
     config, rules = load_rules(None, 14 * 86_400_000, dedup.horizon_ms, max_contacts=4)  # its accounts outgrow it: forgetting is compared too
-    directory = AccountDirectory(max_contacts=10_000)
+    directory = account_directory(max_contacts=10_000)
     for account in AccountUniverse.build(42, 60).accounts[:45]:  # the rest wait
         directory.learn_account(account.account_id, [account.domain])
     states: dict[str, AccountState] = {}

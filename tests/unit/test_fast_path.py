@@ -1,7 +1,8 @@
-"""The routing stage's native fast path (native/, processors.validation.scan_events,
-processors.routing.forwarded_messages) held to the interpreted path it stands in for:
-it accepts only events ``validate_event`` accepts, reads them alike, and what it forwards
-decodes to the dict the interpreted path forwards, member for member and in order."""
+"""The routing stage's native fast path (native/: processors.validation.FAST_PATH, routing
+with processors.identity.NativeAccountDirectory, processors.routing.forwarded_messages)
+held to the interpreted path it stands in for: it accepts only events ``validate_event``
+accepts, reads them alike, and routes them as the interpreted path does, what it forwards
+decoding to the dict the interpreted path forwards, member for member and in order."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from processors.fast_routing import native
-from processors.validation import Rejection, scan_events, validate_event
+from processors.identity import AccountDirectory, Directory, NativeAccountDirectory
+from processors.routing import RoutedBatch, forwarded_messages, route_batch
+from processors.validation import FAST_PATH, Rejection, validate_event
 from schemas.events import EVENT_TYPES, MAX_STRING_LENGTH
 from streams.simulator import encode, iter_events
 from tests.hot_path_digest import digest_of_a_run
@@ -117,67 +120,103 @@ def raw_events(draw: st.DrawFn) -> bytes:
     return raw
 
 
+def scan(raws: list[Any]) -> list[Any]:
+    assert FAST_PATH is not None
+    scanned: list[Any] = FAST_PATH.scan(raws, RECEIVED_AT_MS)
+    return scanned
+
+
 def scanned_by_python(event: dict[str, Any]) -> tuple[Any, ...]:
     return (event["type"], event["occurred_at_ms"], event.get("account_id"), event.get("contact_id"), event.get("email"), event.get("account_domain"))
 
 
+def routed_by_each(raws: list[bytes | None], title: str | None = None) -> list[dict[str, Any]]:
+    """The batch routed by the native directory and by the interpreted one (each knowing
+    one account and one contact, with its title): everything routing derives, forwarded
+    events decoded (their members in order)."""
+    outcomes = []
+    for directory in (NativeAccountDirectory(), AccountDirectory()):
+        directory.learn_account('acct-9"é', ["acme.example"])
+        directory.learn_contact("ct-1", None, 'acct-9"é', title)
+        routed = route_batch(raws, [(ORIGIN[0], ORIGIN[1], ORIGIN[2] + i) for i in range(len(raws))], RECEIVED_AT_MS, 8, directory)
+        outcomes.append(outcome(routed, directory))
+    return outcomes
+
+
+def outcome(routed: RoutedBatch, directory: Directory) -> dict[str, Any]:
+    return {
+        "forwarded": {p: [list(e.items()) for m in forwarded_messages(events) for e in orjson.loads(m)] for p, events in routed.by_partition.items()},
+        "partitions": list(routed.by_partition),
+        "rejected": [(i, r.reason, r.message) for i, r in routed.rejected],
+        "unresolved": [(i, list(event.items()), waiting_on) for i, event, waiting_on in routed.unresolved],
+        "learned": routed.learned_contacts,
+        "valid_by_type": list(routed.valid_by_type.items()),
+        "contacts": directory.contacts,
+    }
+
+
 @settings(max_examples=3_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(raw_events(), st.sampled_from([None, "vp", 'c"level\u00e9']))
+@given(raw_events(), st.sampled_from([None, "VP Sales", "Chief of Staff"]))
 @example(orjson.dumps(base_event("page_view")), None)
-def test_the_fast_path_accepts_only_valid_events_and_forwards_them_as_python_would(raw: bytes, seniority: str | None) -> None:
-    [scanned] = scan_events([raw], RECEIVED_AT_MS)
+def test_the_fast_path_accepts_only_valid_events_and_routes_them_as_python_would(raw: bytes, title: str | None) -> None:
+    [scanned] = scan([raw])
     expected = validate_event(raw, RECEIVED_AT_MS)
-    if scanned is None:
-        return  # validate_event decides
-    assert not isinstance(expected, Rejection), (raw, expected)
-    assert scanned == scanned_by_python(expected)
-    # the interpreted path's dict, as routing changes it
-    expected["_origin"] = ORIGIN
-    expected["account_id"] = "acct-9"
-    if seniority is not None:
-        expected["_seniority"] = seniority
-    [message] = native.forwarded_arrays([(raw, scanned[1], RECEIVED_AT_MS, ORIGIN, "acct-9", seniority)], 500, 1 << 20)
-    [forwarded] = orjson.loads(message)
-    assert list(forwarded.items()) == list(orjson.loads(orjson.dumps(expected)).items())
+    if scanned is not None:
+        assert not isinstance(expected, Rejection), (raw, expected)
+        assert scanned == scanned_by_python(expected)
+    with_it, without = routed_by_each([raw], title)
+    assert with_it == without
 
 
 def test_the_fast_path_takes_the_simulators_events_and_leaves_what_it_is_unsure_of() -> None:
     """The case that gives it its speed: every simulated event. And what it leaves."""
     raws = [encode(event) for event in iter_events(seed=3, accounts=50, count=2_000)]
-    assert all(scanned is not None for scanned in scan_events(raws, RECEIVED_AT_MS))
+    assert all(scanned is not None for scanned in scan(raws))
     unsure = {
         "comma": orjson.dumps({**base_event("page_view"), "occurred_at": "2026-10-09T14:22:18,353Z"}),
         "pattern": orjson.dumps(base_event("opportunity_stage_changed")),  # its currency must match [A-Z]{3}
         "deep": orjson.dumps({**base_event("page_view"), "x": [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]}).replace(b"[1]", b"[" * 130 + b"1" + b"]" * 130),
         "rejected": orjson.dumps({**base_event("page_view"), "url": None}),
     }
-    assert [name for name, raw in unsure.items() if scan_events([raw], RECEIVED_AT_MS)[0] is not None] == []
+    assert [name for name, raw in unsure.items() if scan([raw])[0] is not None] == []
     assert [name for name, raw in unsure.items() if isinstance(validate_event(raw, RECEIVED_AT_MS), Rejection)] == ["rejected"]
-    assert scan_events([None, b"", bytearray(raws[0])], RECEIVED_AT_MS) == [None, None, None]  # type: ignore[list-item]
+    assert scan([None, b"", bytearray(raws[0])]) == [None, None, None]
 
 
-def test_forwarded_arrays_hold_at_most_the_events_and_bytes_given_and_keep_the_order() -> None:
+def test_events_left_to_the_interpreted_path_are_routed_in_their_place() -> None:
+    """One the fast path leaves (a time only Python parses) teaches the directory its
+    contact; the fast events of that contact after it resolve by it, those before wait."""
+    contact = {**base_event("page_view"), "contact_id": "ct-new", "email": None, "account_domain": None}
+    raws: list[bytes | None] = [
+        orjson.dumps({**contact, "account_id": None, "event_id": "before"}),
+        orjson.dumps({**contact, "account_id": "acct-7", "occurred_at": "2026-10-09T14:22:18,353Z", "event_id": "teaches"}),
+        orjson.dumps({**contact, "account_id": None, "event_id": "after"}),
+        None,
+        orjson.dumps({**base_event("email_open"), "event_id": "explicit"}),
+    ]
+    assert [s is not None for s in scan(raws)] == [True, False, True, False, True]
+    with_it, without = routed_by_each(raws)
+    assert with_it == without
+    assert [i for i, _, waiting_on in with_it["unresolved"]] == [0]
+    forwarded_ids = sorted(dict(e)["event_id"] for events in with_it["forwarded"].values() for e in events)
+    assert forwarded_ids == ["after", "explicit", "teaches"]
+    assert with_it["valid_by_type"] == [("page_view", 3), ("email_open", 1)]
+
+
+def test_forwarded_messages_hold_at_most_the_events_and_bytes_given_and_keep_the_order() -> None:
     raws = [encode(event) for event in iter_events(seed=5, accounts=20, count=1_203)]
-    scanned = scan_events(raws, RECEIVED_AT_MS)
-    items: list[Any] = [(raw, s[1], RECEIVED_AT_MS, ("t", 0, offset), "a", None) for offset, (raw, s) in enumerate(zip(raws, scanned)) if s]
-    items.insert(7, orjson.dumps({"decoded": "by Python"}))  # an event the interpreted path routed
+    events: list[Any] = list(raws)
+    events.insert(7, {"decoded": "by Python"})  # an event the interpreted path routed
     large = orjson.dumps({"big": "x" * 70_000})
-    items.insert(100, large)
-    messages = native.forwarded_arrays(items, 500, 64 * 1024)
+    events.insert(100, large)
+    messages = forwarded_messages(events, 500, 64 * 1024)
     decoded = [orjson.loads(message) for message in messages]
     assert all(len(events) <= 500 for events in decoded)
     assert all(len(message) <= 64 * 1024 for message, events in zip(messages, decoded) if len(events) > 1)
     assert [events for events in decoded if len(events) == 1 and "big" in events[0]] == [[orjson.loads(large)]]  # larger: alone
     flat = [event for events in decoded for event in events]
-    assert len(flat) == len(items)
-    assert flat[7] == {"decoded": "by Python"}
-    assert [event["_origin"][2] for event in flat if "_origin" in event] == list(range(len(raws)))
-    assert native.forwarded_arrays([], 500, 1024) == []
-
-
-def test_a_raw_event_that_is_not_an_object_cannot_be_forwarded() -> None:
-    with pytest.raises(ValueError, match="not a JSON object"):
-        native.forwarded_arrays([(b"[1]", 0, 0, ("t", 0, 0), "a", None)], 500, 1024)
+    assert flat == [orjson.loads(e) if isinstance(e, bytes) else e for e in events]
+    assert forwarded_messages([], 500, 1024) == []
 
 
 def test_routing_and_folding_derive_the_same_with_and_without_the_fast_path() -> None:

@@ -8,6 +8,8 @@
 //! left to processors.validation.validate_event, which stays the definition of a valid
 //! event. The contract itself (fields, kinds, bounds) comes from schemas.events.
 
+mod directory;
+
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
@@ -35,7 +37,7 @@ type PropertySpec = (String, String, bool, Option<f64>, Option<f64>, Vec<String>
 
 /// What routing reads of an event the fast path accepted: (type, occurred_at in epoch
 /// ms, account_id, contact_id, email, account_domain).
-type Scanned = (String, i64, Option<String>, Option<String>, Option<String>, Option<String>);
+pub(crate) type Scanned = (String, i64, Option<String>, Option<String>, Option<String>, Option<String>);
 
 /// The contract's bounds, from a dict of these names.
 #[derive(FromPyObject)]
@@ -48,7 +50,7 @@ struct Limits {
 }
 
 #[pyclass(frozen)]
-struct FastPath {
+pub(crate) struct FastPath {
     types: HashMap<String, EventType>,
     required: Vec<String>,
     string_fields: Vec<String>,
@@ -222,64 +224,53 @@ impl FastPath {
     }
 
     /// For each raw value, what routing reads of it if the fast path accepts it, else None.
-    fn scan(&self, py: Python<'_>, raw_values: &Bound<'_, PyList>, received_at_ms: i64) -> Vec<Option<Scanned>> {
+    pub(crate) fn scan(&self, py: Python<'_>, raw_values: &Bound<'_, PyList>, received_at_ms: i64) -> Vec<Option<Scanned>> {
         let held: Vec<Option<Bound<'_, PyBytes>>> = raw_values.iter().map(|v| v.downcast_into::<PyBytes>().ok()).collect();
         let raws: Vec<Option<&[u8]>> = held.iter().map(|v| v.as_ref().map(|b| b.as_bytes())).collect();
         py.allow_threads(|| raws.iter().map(|raw| raw.and_then(|raw| self.scan_one(raw, received_at_ms))).collect())
     }
 }
 
-/// One forwarded event: its JSON object, encoded already (bytes), or a raw event the
-/// fast path accepted with what routing adds to it:
-/// (raw, occurred_at_ms, received_at_ms, (topic, partition, offset), account_id, seniority).
-fn write_event(item: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> PyResult<()> {
-    if let Ok(encoded) = item.downcast::<PyBytes>() {
-        out.extend_from_slice(encoded.as_bytes());
-        return Ok(());
-    }
-    let (raw, occurred_at_ms, received_at_ms, (topic, partition, offset), account_id, seniority): (
-        Bound<'_, PyBytes>,
-        i64,
-        i64,
-        (String, i64, i64),
-        String,
-        Option<String>,
-    ) = item.extract()?;
-    let raw = raw.as_bytes();
+/// A raw event the fast path accepted, forwarded: its JSON object with routing's members
+/// spliced on, in the order Python adds them (a later member of the same name wins when
+/// decoded, as Python's assignment does).
+pub(crate) fn splice(raw: &[u8], occurred_at_ms: i64, received_at_ms: i64, origin: &(String, i64, i64), account_id: &str, seniority: Option<&str>, out: &mut Vec<u8>) -> PyResult<()> {
     let end = raw.iter().rposition(|&c| c == b'}').ok_or_else(|| PyValueError::new_err("a raw event is not a JSON object"))?;
-    // the raw object's members, then routing's in the order Python adds them (a later
-    // member of the same name wins when decoded, as Python's assignment does)
+    let (topic, partition, offset) = origin;
     out.extend_from_slice(&raw[..end]);
     out.extend_from_slice(format!(",\"occurred_at_ms\":{occurred_at_ms},\"received_at_ms\":{received_at_ms},\"_origin\":[").as_bytes());
-    serde_json::to_writer(&mut *out, &topic).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    serde_json::to_writer(&mut *out, topic).map_err(|e| PyValueError::new_err(e.to_string()))?;
     out.extend_from_slice(format!(",{partition},{offset}],\"account_id\":").as_bytes());
-    serde_json::to_writer(&mut *out, &account_id).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    serde_json::to_writer(&mut *out, account_id).map_err(|e| PyValueError::new_err(e.to_string()))?;
     if let Some(seniority) = seniority {
         out.extend_from_slice(b",\"_seniority\":");
-        serde_json::to_writer(&mut *out, &seniority).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        serde_json::to_writer(&mut *out, seniority).map_err(|e| PyValueError::new_err(e.to_string()))?;
     }
     out.push(b'}');
     Ok(())
 }
 
-/// The events in order as JSON arrays of at most `max_events` events and `max_bytes`
-/// bytes (an event larger than that goes alone).
+/// The events in order (each a JSON object as bytes, or a dict that `encode` makes
+/// bytes of) as JSON arrays of at most `max_events` events and `max_bytes` bytes (an
+/// event larger than that goes alone).
 #[pyfunction]
-fn forwarded_arrays<'py>(py: Python<'py>, events: &Bound<'py, PyList>, max_events: usize, max_bytes: usize) -> PyResult<Bound<'py, PyList>> {
+fn forwarded_arrays<'py>(py: Python<'py>, events: &Bound<'py, PyList>, max_events: usize, max_bytes: usize, encode: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
     let mut arrays: Vec<Vec<u8>> = Vec::new();
     let mut array: Vec<u8> = Vec::new();
     let mut count = 0;
-    let mut event = Vec::new();
     for item in events.iter() {
-        event.clear();
-        write_event(&item, &mut event)?;
+        let encoded = match item.downcast_into::<PyBytes>() {
+            Ok(encoded) => encoded,
+            Err(item) => encode.call1((item.into_inner(),))?.downcast_into::<PyBytes>()?,
+        };
+        let event = encoded.as_bytes();
         if count > 0 && (count >= max_events || array.len() + 1 + event.len() + 1 > max_bytes) {
             array.push(b']');
             arrays.push(std::mem::take(&mut array));
             count = 0;
         }
         array.push(if count == 0 { b'[' } else { b',' });
-        array.extend_from_slice(&event);
+        array.extend_from_slice(event);
         count += 1;
     }
     if count > 0 {
@@ -292,6 +283,7 @@ fn forwarded_arrays<'py>(py: Python<'py>, events: &Bound<'py, PyList>, max_event
 #[pymodule]
 fn abm_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<FastPath>()?;
+    module.add_class::<directory::Directory>()?;
     module.add_function(wrap_pyfunction!(forwarded_arrays, module)?)?;
     Ok(())
 }
