@@ -38,7 +38,7 @@ from streams.fast_path import Fetched, PulseApp
 from streams.lag import group_lag, oldest_waiting_ms
 from streams.metrics import EventLatencies, LagSnapshot, PipelineCollector, PipelineStats
 from streams.offsets import OffsetGuard
-from streams.rows import account_rows, dead_letter_row, event_row
+from streams.rows import account_rows, dead_letter_row
 from streams.rules import load_rules
 from streams.settings import Settings
 from streams.sink import ACCOUNT_COLUMNS, CLAIMED_EVENT_COLUMNS, CLAIMED_EVENTS, DEAD_LETTER_COLUMNS, TRANSITION_COLUMNS, ClickHouseSink
@@ -313,13 +313,10 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
                 fresh = admit(messages)
                 forwarded = [(m.partition, forwarded_events(m.partition, m.offset, m.value)) for m in fresh]
                 folded = stage_clock.fold(forwarded)
-                sink.add(
+                sink.add_forwarded(
                     CLAIMED_EVENTS,
-                    [
-                        event_row(event, *event["_src"], claims[event["_src"][0]])
-                        for event in folded.applied
-                        if event["_src"] not in stored_ahead
-                    ],
+                    [(m.partition, m.offset, m.value, claims[m.partition]) for m in fresh],
+                    [event["_src"] for event in folded.applied if event["_src"] not in stored_ahead],
                 )
                 await stage_clock.emit(folded.transitions)
                 stats.applied += len(folded.applied)

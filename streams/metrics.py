@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from streams.sink import CLAIMED_EVENT_COLUMNS, CLAIMED_EVENTS
+from streams.sink import CLAIMED_EVENT_COLUMNS, CLAIMED_EVENTS, TableBuffer
 
 EVENT_OCCURRED_AT = CLAIMED_EVENT_COLUMNS.index("occurred_at")
 EVENT_RECEIVED_AT = CLAIMED_EVENT_COLUMNS.index("received_at")
@@ -69,6 +69,11 @@ class LatencyHistogram:
             counts[bisect.bisect_left(LATENCY_BUCKETS_S, latency)] += 1
             self.total_s += latency
 
+    def add(self, counts: list[int], total_s: float) -> None:
+        """Latencies counted elsewhere, per bucket (``bisect_left`` as ``observe_ms``)."""
+        self.counts = [mine + theirs for mine, theirs in zip(self.counts, counts)]
+        self.total_s += total_s
+
     def family(self, name: str, help_text: str) -> HistogramMetricFamily:
         running, buckets = 0, []
         for bound, count in zip((*map(str, LATENCY_BUCKETS_S), "+Inf"), self.counts):
@@ -84,12 +89,16 @@ class EventLatencies:
     since_occurred: LatencyHistogram = field(default_factory=LatencyHistogram)
     since_received: LatencyHistogram = field(default_factory=LatencyHistogram)
 
-    def on_written(self, table: str, rows: list[Any]) -> None:
+    def on_written(self, table: str, buffer: TableBuffer) -> None:
         if table != CLAIMED_EVENTS:
             return
         now_ms = int(time.time() * 1000)
+        rows = buffer.rows + (buffer.encoded if isinstance(buffer.encoded, list) else [])
         self.since_occurred.observe_ms(now_ms, (row[EVENT_OCCURRED_AT] for row in rows))
         self.since_received.observe_ms(now_ms, (row[EVENT_RECEIVED_AT] for row in rows))
+        if buffer.encoded is not None and not isinstance(buffer.encoded, list):  # native rows: counted there
+            self.since_occurred.add(*buffer.encoded.latencies(now_ms, LATENCY_BUCKETS_S, False))
+            self.since_received.add(*buffer.encoded.latencies(now_ms, LATENCY_BUCKETS_S, True))
 
 
 class PipelineCollector:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
 import orjson
 
+from processors.fast_routing import native
 from processors.scoring import DAY_MS, AccountState, ScoringConfig, engaged_contacts, rolling_counts, score_at
 from processors.stages import StageTransition
 
@@ -35,6 +36,24 @@ def event_row(event: dict[str, Any], partition: int, offset: int, index: int, cl
         index,
         claim,
     )
+
+
+def forwarded_rows(messages: Mapping[tuple[int, int], tuple[bytes, int]], positions: Sequence[tuple[int, int, int]]) -> Any:
+    """``event_row`` of each event at these positions (partition, offset, index) of the
+    forwarded messages ({(partition, offset): (message, the partition's claim)}): where
+    native code is built, its RowBinary (``abm_native.EncodedRows``, made without the GIL:
+    the same rows, tests/unit/test_store.py), else the tuples."""
+    if native is not None:
+        return native.claimed_event_rows(messages, positions)
+    decoded: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    rows = []
+    for partition, offset, index in positions:
+        message, claim = messages[(partition, offset)]
+        events = decoded.get((partition, offset))
+        if events is None:
+            events = decoded[(partition, offset)] = orjson.loads(message)
+        rows.append(event_row(events[index], partition, offset, index, claim))
+    return rows
 
 
 def dead_letter_row(message: Any, reason: str, text: str, key: bytes | None, value: bytes | None) -> tuple[Any, ...]:

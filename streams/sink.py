@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from clickhouse_connect.driver.client import Client
+
+from streams.rows import forwarded_rows
 
 log = logging.getLogger(__name__)
 Result = TypeVar("Result")
@@ -44,10 +46,28 @@ def insert_settings(token: str) -> dict[str, Any]:
     return {"insert_deduplication_token": token, "deduplicate_blocks_in_dependent_materialized_views": 1}
 
 
+Position = tuple[int, int, int]  # (by-account partition, offset of the forwarded message, index in it)
+
+
+@dataclass(slots=True)
+class ForwardedEvents:
+    """Events to write as rows, kept as the forwarded messages they came in and their
+    positions there: the rows are made in the sink's thread at the insert
+    (streams.rows.forwarded_rows), not on the event loop."""
+
+    messages: dict[tuple[int, int], tuple[bytes, int]] = field(default_factory=dict)  # (partition, offset) -> (message, claim)
+    positions: list[Position] = field(default_factory=list)
+
+
 @dataclass(slots=True)
 class TableBuffer:
     columns: Sequence[str]
     rows: list[Sequence[Any]] = field(default_factory=list)
+    forwarded: ForwardedEvents = field(default_factory=ForwardedEvents)
+    encoded: Any = None  # the rows of ``forwarded`` once made: retried, the same are inserted
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.forwarded.positions)
 
 
 @dataclass(slots=True)
@@ -67,7 +87,7 @@ class ClickHouseSink:
         client: Client,
         tables: dict[str, Sequence[str]],
         max_backoff_s: float = 30.0,
-        on_written: Callable[[str, list[Sequence[Any]]], None] | None = None,
+        on_written: Callable[[str, TableBuffer], None] | None = None,
     ) -> None:
         self._client = client
         # One statement at a time: a server's HTTP session refuses concurrent ones, and
@@ -111,18 +131,26 @@ class ClickHouseSink:
     def add(self, table: str, rows: list[Sequence[Any]]) -> None:
         self._buffers[table].rows.extend(rows)
 
+    def add_forwarded(self, table: str, messages: Iterable[tuple[int, int, bytes, int]], positions: list[Position]) -> None:
+        """Rows of the events at these positions of these forwarded messages (partition,
+        offset, message, the partition's claim)."""
+        forwarded = self._buffers[table].forwarded
+        for partition, offset, message, claim in messages:
+            forwarded.messages[(partition, offset)] = (message, claim)
+        forwarded.positions += positions
+
     @property
     def pending_rows(self) -> int:
-        return sum(len(buffer.rows) for buffer in self._buffers.values())
+        return sum(len(buffer) for buffer in self._buffers.values())
 
     def discard(self) -> None:
         """Drop buffered rows whose events will be redelivered (after a revocation)."""
-        for buffer in self._buffers.values():
-            buffer.rows.clear()
+        for name, buffer in self._buffers.items():
+            self._buffers[name] = TableBuffer(buffer.columns)
 
     def take(self) -> dict[str, TableBuffer]:
         """The buffered rows, handed over whole; buffering starts afresh."""
-        taken = {name: buffer for name, buffer in self._buffers.items() if buffer.rows}
+        taken = {name: buffer for name, buffer in self._buffers.items() if len(buffer)}
         for name, buffer in taken.items():
             self._buffers[name] = TableBuffer(buffer.columns)
         return taken
@@ -132,9 +160,9 @@ class ClickHouseSink:
         written, generation = 0, self._writes_generation
         for table, buffer in taken.items():
             await self._insert_with_retry(generation, table, buffer, f"{dedup_token}:{table}")
-            written += len(buffer.rows)
+            written += len(buffer)
             if self._on_written is not None:
-                self._on_written(table, buffer.rows)
+                self._on_written(table, buffer)
         self.stats.rows_written += written
         return written
 
@@ -158,7 +186,19 @@ class ClickHouseSink:
 
 
 def _insert(client: Client, table: str, buffer: TableBuffer, token: str) -> None:
-    context = client.create_insert_context(table, list(buffer.columns), settings=insert_settings(token), data=buffer.rows)
+    if buffer.rows:
+        _insert_rows(client, table, buffer.columns, buffer.rows, token)
+    if buffer.forwarded.positions:
+        if buffer.encoded is None:
+            buffer.encoded = forwarded_rows(buffer.forwarded.messages, buffer.forwarded.positions)
+        if isinstance(buffer.encoded, list):
+            _insert_rows(client, table, buffer.columns, buffer.encoded, f"{token}:forwarded")
+        else:
+            client.raw_insert(table, list(buffer.columns), buffer.encoded.data, settings=insert_settings(f"{token}:forwarded"), fmt="RowBinary")
+
+
+def _insert_rows(client: Client, table: str, columns: Sequence[str], rows: list[Sequence[Any]], token: str) -> None:
+    context = client.create_insert_context(table, list(columns), settings=insert_settings(token), data=rows)
     try:
         client.insert(context=context)
     finally:

@@ -19,12 +19,16 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import clickhouse_connect
+import orjson
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from processors.identity import account_directory
+from processors.routing import forwarded_messages, route_batch
 from streams import store
 from streams.rows import event_row
 from streams.settings import Settings
+from streams.simulator import AccountUniverse, encode, iter_events
 from streams.sink import CLAIMED_EVENT_COLUMNS, CLAIMED_EVENTS, ClickHouseSink
 from streams.store import MIGRATIONS_TABLE, Migration, apply_migrations, data_location, load_migrations, open_client
 
@@ -526,3 +530,41 @@ def test_an_earlier_owners_late_insert_lands_nothing_once_the_partition_is_claim
     write({0: 2}, "next-", "t3")
     assert landed() == ([("first-0",), ("first-1",), ("late-1",), ("next-0",)],) * 2
     assert store.claim_partitions(db, []) == {}
+
+
+def test_forwarded_events_land_as_the_rows_event_row_gives_and_a_retry_lands_once(database_client):
+    """The score agent buffers its events as the forwarded messages they came in
+    (ClickHouseSink.add_forwarded): routed natively (raw bytes spliced) and by Python, with
+    every property form the simulator sends. In ClickHouse they are the rows event_row
+    makes of the decoded events, exactly; a retried insert lands once."""
+    raws = [encode(event) for event in iter_events(seed=11, accounts=30, count=3_000)]
+    raws[5] = raws[5].replace(b'"occurred_at":"', b'"occurred_at": "', 1)  # spaced: still the fast path
+    raws[6] = re.sub(rb'("occurred_at":"[^"]*)\.', rb"\1,", raws[6])  # a comma: the interpreted path
+    directory = account_directory(10_000)
+    for account in AccountUniverse.build(11, 30).accounts:
+        directory.learn_account(account.account_id, [account.domain])
+    routed = route_batch(raws, [("raw", 0, i) for i in range(len(raws))], 1_800_000_000_000, 4, directory)
+    messages = [(p, offset, message) for p, events in routed.by_partition.items() for offset, message in enumerate(forwarded_messages(events, max_events=400))]
+    positions = [(p, offset, index) for p, offset, message in messages for index in range(len(orjson.loads(message))) if index % 7 != 3]  # some not applied
+    assert len(positions) > 2_000
+    assert {type(event) for events in routed.by_partition.values() for event in events} == {bytes, dict}
+
+    by_rows, forwarded = database_client(), database_client()
+    for db in (by_rows, forwarded):
+        apply_migrations(db)
+        claims = {**store.claim_partitions(db, [0, 1, 2, 3]), **store.claim_partitions(db, [0, 3])}
+    assert claims == {0: 2, 1: 1, 2: 1, 3: 2}
+    sink = ClickHouseSink(by_rows, {CLAIMED_EVENTS: CLAIMED_EVENT_COLUMNS})
+    decoded = {(p, offset): orjson.loads(message) for p, offset, message in messages}
+    sink.add(CLAIMED_EVENTS, [event_row(decoded[(p, o)][i], p, o, i, claims[p]) for p, o, i in positions])
+    asyncio.run(sink.write(sink.take(), "t1"))
+    sink = ClickHouseSink(forwarded, {CLAIMED_EVENTS: CLAIMED_EVENT_COLUMNS})
+    sink.add_forwarded(CLAIMED_EVENTS, [(p, offset, message, claims[p]) for p, offset, message in messages], positions)
+    taken = sink.take()
+    asyncio.run(sink.write(taken, "t1"))
+    asyncio.run(sink.write(taken, "t1"))  # retried
+
+    query = "SELECT * FROM events ORDER BY src_partition, src_offset, src_index"
+    landed = forwarded.query(query).result_rows
+    assert len(landed) == len(positions)
+    assert landed == by_rows.query(query).result_rows

@@ -9,6 +9,7 @@
 //! event. The contract itself (fields, kinds, bounds) comes from schemas.events.
 
 mod directory;
+mod rows;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -284,6 +285,8 @@ fn forwarded_arrays<'py>(py: Python<'py>, events: &Bound<'py, PyList>, max_event
 fn abm_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<FastPath>()?;
     module.add_class::<directory::Directory>()?;
+    module.add_class::<rows::EncodedRows>()?;
+    module.add_function(wrap_pyfunction!(rows::claimed_event_rows, module)?)?;
     module.add_function(wrap_pyfunction!(forwarded_arrays, module)?)?;
     Ok(())
 }
