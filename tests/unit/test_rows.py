@@ -104,5 +104,5 @@ def test_a_message_that_is_not_forwarded_events_is_an_error() -> None:
         forwarded_rows({(0, 0): (b'{"a": 1}', 1)}, [(0, 0, 0)])
     with pytest.raises(ValueError, match="no event 1"):
         forwarded_rows({(0, 0): (b"[{}]", 1)}, [(0, 0, 1)])
-    with pytest.raises(ValueError, match="not a string"):
+    with pytest.raises(ValueError, match="expected a string"):
         forwarded_rows({(0, 0): (b'[{"event_id": 7}]', 1)}, [(0, 0, 0)])

@@ -10,8 +10,10 @@ use std::collections::HashMap;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::fmt;
 
 /// Position of an event: (by-account partition, offset of its message, index in it).
 type Position = (u16, u64, u32);
@@ -81,18 +83,104 @@ fn write_string(text: &str, out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
+/// A JSON value as Python decodes it, its strings borrowed where they have no escapes:
+/// an object keeps each member at its first position with its last value (a dict's
+/// assignment).
+enum Json<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Text(Cow<'a, str>),
+    List(Vec<Json<'a>>),
+    Object(Vec<(Cow<'a, str>, Json<'a>)>),
+}
+
+/// A string, borrowed where it can be (serde's Cow<str> always copies).
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Json<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct JsonVisitor;
+        impl<'de> Visitor<'de> for JsonVisitor {
+            type Value = Json<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Json::Null)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Json::Bool(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Json::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Json::UInt(v))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Json::Float(v))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Json::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Json::Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Json::List(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members: Vec<(Cow<'de, str>, Json<'de>)> = Vec::new();
+                while let Some(Text(name)) = map.next_key()? {
+                    let value = map.next_value()?;
+                    match members.iter_mut().find(|(known, _)| *known == name) {
+                        Some(member) => member.1 = value,
+                        None => members.push((name, value)),
+                    }
+                }
+                Ok(Json::Object(members))
+            }
+        }
+        deserializer.deserialize_any(JsonVisitor)
+    }
+}
+
 /// A decoded JSON value as orjson encodes it (compact, members in order).
-fn write_json(value: &Value, out: &mut Vec<u8>) {
+fn write_json(value: &Json<'_>, out: &mut Vec<u8>) {
     match value {
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => out.extend_from_slice(i.to_string().as_bytes()),
-            (None, Some(u)) => out.extend_from_slice(u.to_string().as_bytes()),
-            _ => write_float(n.as_f64().unwrap_or(0.0), out),
-        },
-        Value::String(s) => write_string(s, out),
-        Value::Array(items) => {
+        Json::Null => out.extend_from_slice(b"null"),
+        Json::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Json::Int(i) => out.extend_from_slice(i.to_string().as_bytes()),
+        Json::UInt(u) => out.extend_from_slice(u.to_string().as_bytes()),
+        Json::Float(x) => write_float(*x, out),
+        Json::Text(s) => write_string(s, out),
+        Json::List(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
@@ -102,21 +190,19 @@ fn write_json(value: &Value, out: &mut Vec<u8>) {
             }
             out.push(b']');
         }
-        Value::Object(members) => write_object(members, out),
-    }
-}
-
-fn write_object(members: &Map<String, Value>, out: &mut Vec<u8>) {
-    out.push(b'{');
-    for (i, (name, item)) in members.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
+        Json::Object(members) => {
+            out.push(b'{');
+            for (i, (name, item)) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_string(name, out);
+                out.push(b':');
+                write_json(item, out);
+            }
+            out.push(b'}');
         }
-        write_string(name, out);
-        out.push(b':');
-        write_json(item, out);
     }
-    out.push(b'}');
 }
 
 fn write_bytes(bytes: &[u8], out: &mut Vec<u8>) {
@@ -133,37 +219,68 @@ fn write_bytes(bytes: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(bytes);
 }
 
-/// A string column: the member as it is, "" for a missing, null or empty one.
-fn write_text(event: &Map<String, Value>, name: &str, out: &mut Vec<u8>) -> Result<(), String> {
-    match event.get(name) {
-        None | Some(Value::Null) => write_bytes(b"", out),
-        Some(Value::String(s)) => write_bytes(s.as_bytes(), out),
-        Some(other) => return Err(format!("member {name:?} of a forwarded event is not a string: {other}")),
-    }
-    Ok(())
+/// The string columns of events_claimed, in order.
+const TEXT_COLUMNS: [&str; 9] = ["event_id", "type", "source", "account_id", "contact_id", "email", "campaign_id", "url", "content_id"];
+
+/// What a row reads of a forwarded event (a later member of the same name wins, as in
+/// the dict Python decodes); its other members are skipped.
+#[derive(Default)]
+struct ForwardedEvent<'a> {
+    texts: [Option<Cow<'a, str>>; 9], // None: missing or null
+    occurred_at_ms: Option<i64>,
+    received_at_ms: Option<i64>,
+    properties: Option<Json<'a>>,
 }
 
-fn time_ms(event: &Map<String, Value>, name: &str) -> Result<i64, String> {
-    event.get(name).and_then(Value::as_i64).ok_or_else(|| format!("a forwarded event has no integer {name:?}"))
+impl<'de> Deserialize<'de> for ForwardedEvent<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EventVisitor;
+        impl<'de> Visitor<'de> for EventVisitor {
+            type Value = ForwardedEvent<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an event (a JSON object)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut event = ForwardedEvent::default();
+                while let Some(Text(name)) = map.next_key()? {
+                    if let Some(column) = TEXT_COLUMNS.iter().position(|c| *c == name) {
+                        event.texts[column] = map.next_value::<Option<Text<'de>>>()?.map(|Text(t)| t);
+                        continue;
+                    }
+                    match name.as_ref() {
+                        "occurred_at_ms" => event.occurred_at_ms = Some(map.next_value()?),
+                        "received_at_ms" => event.received_at_ms = Some(map.next_value()?),
+                        "properties" => event.properties = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(event)
+            }
+        }
+        deserializer.deserialize_map(EventVisitor)
+    }
 }
 
 /// One event's row of `events_claimed` (streams.sink.CLAIMED_EVENT_COLUMNS).
-fn write_row(event: &Map<String, Value>, (partition, offset, index): Position, claim: u64, rows: &mut EncodedRows) -> Result<(), String> {
+fn write_row(event: &ForwardedEvent<'_>, (partition, offset, index): Position, claim: u64, rows: &mut EncodedRows) -> Result<(), String> {
     let out = &mut rows.data;
-    for name in ["event_id", "type", "source", "account_id", "contact_id", "email", "campaign_id", "url", "content_id"] {
-        write_text(event, name, out)?;
+    for text in &event.texts {
+        write_bytes(text.as_deref().unwrap_or("").as_bytes(), out);
     }
-    let (occurred_at_ms, received_at_ms) = (time_ms(event, "occurred_at_ms")?, time_ms(event, "received_at_ms")?);
+    let occurred_at_ms = event.occurred_at_ms.ok_or("a forwarded event has no occurred_at_ms")?;
+    let received_at_ms = event.received_at_ms.ok_or("a forwarded event has no received_at_ms")?;
     out.extend_from_slice(&occurred_at_ms.to_le_bytes());
     out.extend_from_slice(&received_at_ms.to_le_bytes());
-    match event.get("properties") {
-        Some(Value::Object(p)) if !p.is_empty() => {
+    match &event.properties {
+        Some(properties @ Json::Object(members)) if !members.is_empty() => {
             let mut text = Vec::new();
-            write_object(p, &mut text);
+            write_json(properties, &mut text);
             write_bytes(&text, out);
         }
-        None | Some(Value::Null) | Some(Value::Object(_)) => write_bytes(b"{}", out),
-        Some(other) => return Err(format!("the properties of a forwarded event are not an object: {other}")),
+        None | Some(Json::Null) | Some(Json::Object(_)) => write_bytes(b"{}", out),
+        Some(_) => return Err("the properties of a forwarded event are not an object".to_owned()),
     }
     out.extend_from_slice(&partition.to_le_bytes());
     out.extend_from_slice(&offset.to_le_bytes());
@@ -176,15 +293,15 @@ fn write_row(event: &Map<String, Value>, (partition, offset, index): Position, c
 
 /// A forwarded message's events, nested as deep as orjson reads (1,024 levels; serde's
 /// default stops at 128).
-fn events_of(message: &[u8]) -> Result<Vec<Value>, String> {
+fn events_of(message: &[u8]) -> Result<Vec<ForwardedEvent<'_>>, String> {
     let mut reader = serde_json::Deserializer::from_slice(message);
     reader.disable_recursion_limit();
-    Vec::<Value>::deserialize(&mut reader).map_err(|e| format!("a forwarded message is not a JSON array of events: {e}"))
+    Vec::<ForwardedEvent>::deserialize(&mut reader).map_err(|e| format!("a forwarded message is not a JSON array of events: {e}"))
 }
 
 fn encode(messages: &HashMap<(u16, u64), (&[u8], u64)>, positions: &[Position]) -> Result<EncodedRows, String> {
     let mut rows = EncodedRows { data: Vec::with_capacity(positions.len() * 400), occurred_at_ms: Vec::new(), received_at_ms: Vec::new() };
-    let mut decoded: HashMap<(u16, u64), Vec<Value>> = HashMap::new();
+    let mut decoded: HashMap<(u16, u64), Vec<ForwardedEvent>> = HashMap::new();
     for &(partition, offset, index) in positions {
         let key = (partition, offset);
         let (message, claim) = messages.get(&key).ok_or_else(|| format!("no forwarded message at partition {partition}, offset {offset}"))?;
@@ -192,7 +309,7 @@ fn encode(messages: &HashMap<(u16, u64), (&[u8], u64)>, positions: &[Position]) 
             Entry::Occupied(known) => known.into_mut(),
             Entry::Vacant(new) => new.insert(events_of(message)?),
         };
-        let event = events.get(index as usize).and_then(Value::as_object).ok_or_else(|| format!("no event {index} in the message at partition {partition}, offset {offset}"))?;
+        let event = events.get(index as usize).ok_or_else(|| format!("no event {index} in the message at partition {partition}, offset {offset}"))?;
         write_row(event, (partition, offset, index), *claim, &mut rows)?;
     }
     Ok(rows)
