@@ -9,13 +9,18 @@
 //! event. The contract itself (fields, kinds, bounds) comes from schemas.events.
 
 mod directory;
+mod json;
 mod rows;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
-use serde_json::{Map, Value};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt;
+
+use json::{Json, Text};
 
 struct Property {
     name: String,
@@ -29,7 +34,7 @@ struct Property {
 }
 
 struct EventType {
-    required: Vec<String>,
+    required: Vec<usize>, // slots (FastPath::slots)
     properties: Vec<Property>,
 }
 
@@ -50,16 +55,83 @@ struct Limits {
     max_future_ms: i64,
 }
 
+/// The members of an event the contract names, each read into a slot; others are read
+/// and dropped.
 #[pyclass(frozen)]
 pub(crate) struct FastPath {
+    slots: Vec<String>,
     types: HashMap<String, EventType>,
-    required: Vec<String>,
-    string_fields: Vec<String>,
+    required: Vec<usize>,
+    string_fields: Vec<usize>,
+    named: NamedSlots,
     limits: Limits,
 }
 
-fn missing(value: Option<&Value>) -> bool {
-    matches!(value, None | Some(Value::Null)) || matches!(value, Some(Value::String(s)) if s.is_empty())
+/// The slots of the members the scan reads by name.
+struct NamedSlots {
+    event_type: usize,
+    properties: usize,
+    received_at: usize,
+    occurred_at: usize,
+    account_id: usize,
+    contact_id: usize,
+    email: usize,
+    account_domain: usize,
+}
+
+/// An event's members in their slots (a later member of the same name wins, as in the
+/// dict Python decodes).
+struct SlotsSeed<'s>(&'s [String]);
+
+impl<'de> DeserializeSeed<'de> for SlotsSeed<'_> {
+    type Value = Vec<Option<Json<'de>>>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SlotsSeed<'_> {
+    type Value = Vec<Option<Json<'de>>>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an event (a JSON object)")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut values: Vec<Option<Json<'de>>> = self.0.iter().map(|_| None).collect();
+        while let Some(Text(name)) = map.next_key()? {
+            match self.0.iter().position(|slot| *slot == name) {
+                Some(slot) => values[slot] = Some(map.next_value()?),
+                // read all the same: skipped, serde checks neither UTF-8 nor surrogates,
+                // and orjson refuses an event with a bad one anywhere
+                None => drop(map.next_value::<Json<'de>>()?),
+            }
+        }
+        Ok(values)
+    }
+}
+
+fn member<'a, 'b>(members: &'b [(Cow<'a, str>, Json<'a>)], name: &str) -> Option<&'b Json<'a>> {
+    members.iter().find(|(known, _)| known == name).map(|(_, value)| value)
+}
+
+fn as_str<'b>(value: &'b Json<'_>) -> Option<&'b str> {
+    match value {
+        Json::Text(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// serde_json's ``Value::as_f64``: any number.
+fn as_f64(value: &Json<'_>) -> Option<f64> {
+    match value {
+        Json::Int(i) => Some(*i as f64),
+        Json::UInt(u) => Some(*u as f64),
+        Json::Float(x) => Some(*x),
+        _ => None,
+    }
+}
+
+fn missing(value: Option<&Json<'_>>) -> bool {
+    matches!(value, None | Some(Json::Null)) || matches!(value, Some(Json::Text(s)) if s.is_empty())
 }
 
 fn digits(bytes: &[u8]) -> Option<i64> {
@@ -120,39 +192,36 @@ fn iso_timestamp_ms(text: &str) -> Option<i64> {
 }
 
 /// processors.validation.parse_timestamp_ms, where it is sure.
-fn timestamp_ms(value: &Value) -> Option<i64> {
+fn timestamp_ms(value: &Json<'_>) -> Option<i64> {
     match value {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => iso_timestamp_ms(s),
+        Json::Int(i) => Some(*i),
+        Json::UInt(u) => i64::try_from(*u).ok(),
+        Json::Text(s) => iso_timestamp_ms(s),
         _ => None,
     }
 }
 
-fn string_field(object: &Map<String, Value>, name: &str) -> Option<String> {
-    object.get(name).and_then(Value::as_str).map(str::to_owned)
-}
-
 impl FastPath {
-    fn short_string(&self, value: &Value) -> bool {
-        value.as_str().is_some_and(|s| s.len() <= self.limits.max_string_chars || s.chars().count() <= self.limits.max_string_chars)
+    fn short_string(&self, value: &Json<'_>) -> bool {
+        as_str(value).is_some_and(|s| s.len() <= self.limits.max_string_chars || s.chars().count() <= self.limits.max_string_chars)
     }
 
-    fn property_valid(&self, properties: Option<&Map<String, Value>>, property: &Property) -> bool {
-        let value = properties.and_then(|p| p.get(&property.name));
+    fn property_valid(&self, properties: Option<&[(Cow<'_, str>, Json<'_>)]>, property: &Property) -> bool {
+        let value = properties.and_then(|p| member(p, &property.name));
         if missing(value) {
             return !property.required;
         }
         let value = value.unwrap();
         let kind_valid = match property.kind.as_str() {
             "string" => self.short_string(value),
-            "integer" => value.is_i64() || value.is_u64(),
-            "number" => value.is_number(),
-            "boolean" => value.is_boolean(),
+            "integer" => matches!(value, Json::Int(_) | Json::UInt(_)),
+            "number" => matches!(value, Json::Int(_) | Json::UInt(_) | Json::Float(_)),
+            "boolean" => matches!(value, Json::Bool(_)),
             _ => false, // string lists: Python's
         };
-        let chosen = property.choices.is_empty() || property.choices.iter().any(|c| value.as_str() == Some(c.as_str()));
-        let in_range = value.as_f64().is_none_or(|x| property.minimum.is_none_or(|m| x >= m) && property.maximum.is_none_or(|m| x <= m));
-        let accompanied = property.requires.as_ref().is_none_or(|r| !missing(properties.and_then(|p| p.get(r))));
+        let chosen = property.choices.is_empty() || property.choices.iter().any(|c| as_str(value) == Some(c.as_str()));
+        let in_range = as_f64(value).is_none_or(|x| property.minimum.is_none_or(|m| x >= m) && property.maximum.is_none_or(|m| x <= m));
+        let accompanied = property.requires.as_ref().is_none_or(|r| !missing(properties.and_then(|p| member(p, r))));
         kind_valid && chosen && in_range && accompanied && !property.has_pattern
     }
 
@@ -160,41 +229,39 @@ impl FastPath {
         if raw.len() > self.limits.max_event_bytes {
             return None;
         }
-        let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(raw) else { return None };
-        if self.required.iter().any(|name| missing(object.get(name))) {
+        let mut reader = serde_json::Deserializer::from_slice(raw);
+        let Ok(event) = SlotsSeed(&self.slots).deserialize(&mut reader) else { return None };
+        reader.end().ok()?;
+        let get = |slot: usize| event[slot].as_ref();
+        let named = &self.named;
+        if self.required.iter().any(|&slot| missing(get(slot))) {
             return None;
         }
-        let event_type = object.get("type")?.as_str()?;
+        let event_type = as_str(get(named.event_type)?)?;
         let definition = self.types.get(event_type)?;
-        if definition.required.iter().any(|name| missing(object.get(name))) {
+        if definition.required.iter().any(|&slot| missing(get(slot))) {
             return None;
         }
-        if !self.string_fields.iter().all(|name| object.get(name).is_none_or(|v| v.is_null() || self.short_string(v))) {
+        if !self.string_fields.iter().all(|&slot| get(slot).is_none_or(|v| matches!(v, Json::Null) || self.short_string(v))) {
             return None;
         }
-        let properties = match object.get("properties") {
-            None | Some(Value::Null) => None,
-            Some(Value::Object(p)) => Some(p),
+        let properties = match get(named.properties) {
+            None | Some(Json::Null) => None,
+            Some(Json::Object(p)) => Some(p.as_slice()),
             Some(_) => return None,
         };
         if !definition.properties.iter().all(|property| self.property_valid(properties, property)) {
             return None;
         }
-        if object.get("received_at").is_some_and(|v| !v.is_null() && timestamp_ms(v).is_none()) {
+        if get(named.received_at).is_some_and(|v| !matches!(v, Json::Null) && timestamp_ms(v).is_none()) {
             return None;
         }
-        let occurred_at_ms = timestamp_ms(object.get("occurred_at")?)?;
+        let occurred_at_ms = timestamp_ms(get(named.occurred_at)?)?;
         if occurred_at_ms < self.limits.min_occurred_at_ms || occurred_at_ms > received_at_ms.saturating_add(self.limits.max_future_ms) {
             return None;
         }
-        Some((
-            event_type.to_owned(),
-            occurred_at_ms,
-            string_field(&object, "account_id"),
-            string_field(&object, "contact_id"),
-            string_field(&object, "email"),
-            string_field(&object, "account_domain"),
-        ))
+        let text = |slot: usize| get(slot).and_then(as_str).map(str::to_owned);
+        Some((event_type.to_owned(), occurred_at_ms, text(named.account_id), text(named.contact_id), text(named.email), text(named.account_domain)))
     }
 }
 
@@ -202,6 +269,26 @@ impl FastPath {
 impl FastPath {
     #[new]
     fn new(event_types: Vec<(String, Vec<String>, Vec<PropertySpec>)>, required: Vec<String>, string_fields: Vec<String>, limits: Limits) -> Self {
+        let mut slots: Vec<String> = Vec::new();
+        let mut slot = |name: &str| match slots.iter().position(|s| s == name) {
+            Some(known) => known,
+            None => {
+                slots.push(name.to_owned());
+                slots.len() - 1
+            }
+        };
+        let named = NamedSlots {
+            event_type: slot("type"),
+            properties: slot("properties"),
+            received_at: slot("received_at"),
+            occurred_at: slot("occurred_at"),
+            account_id: slot("account_id"),
+            contact_id: slot("contact_id"),
+            email: slot("email"),
+            account_domain: slot("account_domain"),
+        };
+        let required = required.iter().map(|name| slot(name)).collect();
+        let string_fields = string_fields.iter().map(|name| slot(name)).collect();
         let types = event_types
             .into_iter()
             .map(|(name, required, properties)| {
@@ -218,10 +305,10 @@ impl FastPath {
                         requires,
                     })
                     .collect();
-                (name, EventType { required, properties })
+                (name, EventType { required: required.iter().map(|name| slot(name)).collect(), properties })
             })
             .collect();
-        FastPath { types, required, string_fields, limits }
+        FastPath { slots, types, required, string_fields, named, limits }
     }
 
     /// For each raw value, what routing reads of it if the fast path accepts it, else None.
