@@ -32,6 +32,9 @@ def test_only_event_rows_are_observed():
     assert sum(latencies.since_occurred.counts) == 0
     latencies.on_written(CLAIMED_EVENTS, TableBuffer(CLAIMED_EVENT_COLUMNS, [row, row]))
     assert sum(latencies.since_occurred.counts) == sum(latencies.since_received.counts) == 2
+    made_from_forwarded = TableBuffer(CLAIMED_EVENT_COLUMNS, [row], encoded=[row, row])  # without native code: tuples
+    latencies.on_written(CLAIMED_EVENTS, made_from_forwarded)
+    assert sum(latencies.since_occurred.counts) == sum(latencies.since_received.counts) == 5
 
 
 @pytest.mark.skipif(native is None, reason="installed without native code (ABM_PURE_PYTHON=1)")

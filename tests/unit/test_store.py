@@ -532,11 +532,15 @@ def test_an_earlier_owners_late_insert_lands_nothing_once_the_partition_is_claim
     assert store.claim_partitions(db, []) == {}
 
 
-def test_forwarded_events_land_as_the_rows_event_row_gives_and_a_retry_lands_once(database_client):
+@pytest.mark.parametrize("rows_made", ["natively", "by Python"])
+def test_forwarded_events_land_as_the_rows_event_row_gives_and_a_retry_lands_once(database_client, monkeypatch, rows_made):
     """The score agent buffers its events as the forwarded messages they came in
     (ClickHouseSink.add_forwarded): routed natively (raw bytes spliced) and by Python, with
     every property form the simulator sends. In ClickHouse they are the rows event_row
-    makes of the decoded events, exactly; a retried insert lands once."""
+    makes of the decoded events, exactly, whether the sink makes them natively (RowBinary)
+    or without native code (tuples); a retried insert lands once."""
+    if rows_made == "by Python":
+        monkeypatch.setattr("streams.rows.native", None)
     raws = [encode(event) for event in iter_events(seed=11, accounts=30, count=3_000)]
     raws[5] = raws[5].replace(b'"occurred_at":"', b'"occurred_at": "', 1)  # spaced: still the fast path
     raws[6] = re.sub(rb'("occurred_at":"[^"]*)\.', rb"\1,", raws[6])  # a comma: the interpreted path
@@ -563,6 +567,7 @@ def test_forwarded_events_land_as_the_rows_event_row_gives_and_a_retry_lands_onc
     taken = sink.take()
     asyncio.run(sink.write(taken, "t1"))
     asyncio.run(sink.write(taken, "t1"))  # retried
+    assert isinstance(taken[CLAIMED_EVENTS].encoded, list) == (rows_made == "by Python")
 
     query = "SELECT * FROM events ORDER BY src_partition, src_offset, src_index"
     landed = forwarded.query(query).result_rows
