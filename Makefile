@@ -12,7 +12,7 @@ TEST_PROCESSES ?= 2
 
 # Re-installs when pyproject.toml changes, and when processors/ (its Python or its Rust)
 # does: the package is editable, but both run compiled (setup.py).
-$(INSTALLED): pyproject.toml setup.py $(wildcard processors/*.py) processors/native/Cargo.toml $(wildcard processors/native/src/*.rs)
+$(INSTALLED): pyproject.toml setup.py $(wildcard processors/*.py) processors/native/Cargo.toml processors/native/Cargo.lock $(wildcard processors/native/src/*.rs)
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "ABM Pulse needs Python >= 3.11")'
 	@[ "$$ABM_PURE_PYTHON" = 1 ] || command -v cargo >/dev/null || { echo "ABM Pulse builds processors/native/ with Rust's cargo: install it (https://rustup.rs), or set ABM_PURE_PYTHON=1"; exit 1; }
 	$(PYTHON) -m venv $(VENV)

@@ -10,6 +10,8 @@ from pathlib import Path
 import processors
 
 PROCESSORS = Path(processors.__file__ or "").resolve().parent
+# A change of the crate's features or dependencies changes what it does as much as its code.
+NATIVE_MANIFESTS = ("Cargo.toml", "Cargo.lock")
 
 
 def stale_compiled_modules(directory: Path | None = None) -> list[str]:
@@ -21,7 +23,8 @@ def stale_compiled_modules(directory: Path | None = None) -> list[str]:
     if not (root / "pyproject.toml").exists():
         return []
     built = [(source, compiled) for source in sorted(directory.glob("*.py")) for compiled in directory.glob(f"{source.stem}.*.so")]
-    built += [(source, native) for native in root.glob("abm_native.*.so") for source in sorted((directory / "native" / "src").glob("*.rs"))]
+    native_sources = sorted((directory / "native" / "src").glob("*.rs")) + [p for p in (directory / "native" / name for name in NATIVE_MANIFESTS) if p.exists()]
+    built += [(source, native) for native in root.glob("abm_native.*.so") for source in native_sources]
     return [str(source.relative_to(directory)) for source, compiled in built if compiled.stat().st_mtime < source.stat().st_mtime]
 
 

@@ -63,7 +63,7 @@ def test_an_installed_package_is_not_checked(tmp_path: Path) -> None:
     assert stale_compiled_modules(_checkout(tmp_path, compiled_first=True, with_pyproject=False)) == []
 
 
-def test_a_native_extension_built_before_its_source_changed_is_stale(tmp_path: Path) -> None:
+def test_a_native_extension_built_before_its_source_or_manifest_changed_is_stale(tmp_path: Path) -> None:
     directory = _checkout(tmp_path, compiled_first=False)
     (directory / "native" / "src").mkdir(parents=True)
     source, built = directory / "native" / "src" / "lib.rs", tmp_path / f"abm_native{EXTENSION_SUFFIXES[0]}"
@@ -74,6 +74,10 @@ def test_a_native_extension_built_before_its_source_changed_is_stale(tmp_path: P
     assert stale_compiled_modules(directory) == ["native/src/lib.rs"]
     os.utime(built, (3_000_000, 3_000_000))
     assert stale_compiled_modules(directory) == []
+    manifest = directory / "native" / "Cargo.toml"  # its features changed, say
+    manifest.write_text("")
+    os.utime(manifest, (4_000_000, 4_000_000))
+    assert stale_compiled_modules(directory) == ["native/Cargo.toml"]
 
 
 def test_the_command_line_refuses_stale_compiled_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
