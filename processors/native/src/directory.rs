@@ -106,12 +106,13 @@ impl Directory {
         })
     }
 
-    fn resolve(&mut self, py: Python<'_>, explicit: Option<&str>, contact_id: Option<&str>, email: Option<&str>, account_domain: Option<&str>) -> PyResult<Resolution> {
+    /// An event's resolution from its explicit account, its contact's keys
+    /// (``contact_keys``) and its account domain.
+    fn resolve(&mut self, py: Python<'_>, explicit: Option<&str>, keys: &[(String, &'static str)], account_domain: Option<&str>) -> PyResult<Resolution> {
         if let Some(account_id) = non_empty(explicit) {
             return Ok((Some(account_id.to_owned()), EXPLICIT, None));
         }
-        let keys = self.contact_keys(py, contact_id, email)?;
-        for (key, method) in &keys {
+        for (key, method) in keys {
             if let Some(account_id) = self.account_by_contact.peek(key) {
                 return Ok((Some(account_id.clone()), method, None));
             }
@@ -126,7 +127,7 @@ impl Directory {
             waiting_on.get_or_insert(domain);
         }
         // no business domain: the contact itself may become known
-        let waiting_on = waiting_on.or_else(|| keys.into_iter().next().map(|(key, _)| format!("contact:{key}")));
+        let waiting_on = waiting_on.or_else(|| keys.first().map(|(key, _)| format!("contact:{key}")));
         Ok((None, UNRESOLVED, waiting_on))
     }
 
@@ -272,8 +273,9 @@ impl Directory {
         email: Bound<'_, PyAny>,
         account_domain: Bound<'_, PyAny>,
     ) -> PyResult<Resolution> {
-        let (explicit, contact_id, email, account_domain) = (as_str(&explicit)?, as_str(&contact_id)?, as_str(&email)?, as_str(&account_domain)?);
-        self.resolve(py, explicit.as_deref(), contact_id.as_deref(), email.as_deref(), account_domain.as_deref())
+        let (explicit, account_domain) = (as_str(&explicit)?, as_str(&account_domain)?);
+        let keys = self.contact_keys(py, as_str(&contact_id)?.as_deref(), as_str(&email)?.as_deref())?;
+        self.resolve(py, explicit.as_deref(), &keys, account_domain.as_deref())
     }
 
     /// Routes a fetched batch (processors.routing.route_batch): the events the fast path
@@ -304,7 +306,8 @@ impl Directory {
             let routed = match (&scanned, raw.downcast::<PyBytes>()) {
                 (Some((event_type, occurred_at_ms, explicit, contact_id, email, account_domain)), Ok(raw)) => {
                     let (contact_id, email) = (contact_id.as_deref(), email.as_deref());
-                    match directory.resolve(py, explicit.as_deref(), contact_id, email, account_domain.as_deref())?.0 {
+                    let keys = directory.contact_keys(py, contact_id, email)?; // to resolve by, then to attribute
+                    match directory.resolve(py, explicit.as_deref(), &keys, account_domain.as_deref())?.0 {
                         Some(account_id) => {
                             match counts.iter_mut().find(|(kind, _)| kind == event_type) {
                                 Some((_, n)) => *n += 1,
@@ -312,7 +315,6 @@ impl Directory {
                             }
                             let mut seniority = None;
                             if non_empty(contact_id).is_some() || non_empty(email).is_some() {
-                                let keys = directory.contact_keys(py, contact_id, email)?;
                                 if directory.remember(&keys, &account_id, None) {
                                     learned_contacts.append((contact_id, email, &account_id))?;
                                 }
