@@ -1,6 +1,6 @@
 """Compiles the hot path: processors/ (the per-event domain logic) to C extensions with
 mypyc, so the worker spends 5-17 % less CPU per event than interpreted, and
-processors/native/ (the routing stage's fast path, Rust) to ``abm_native`` (README,
+processors/native/ (Rust: routing's fast path, the directory, event rows) to ``abm_native`` (README,
 Performance). Set ABM_PURE_PYTHON=1 at install time to build neither (no C compiler or
 cargo; or to compare): every event then takes the interpreted path."""
 

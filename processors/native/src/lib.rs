@@ -7,6 +7,10 @@
 //! in the canonical form, a pattern to match, JSON nested deeper than serde's limit) is
 //! left to processors.validation.validate_event, which stays the definition of a valid
 //! event. The contract itself (fields, kinds, bounds) comes from schemas.events.
+//!
+//! Beside it: the account directory that routes a fetched batch in one call
+//! (directory.rs), event rows made from forwarded messages (rows.rs), and the JSON both
+//! read and write as Python does (json.rs).
 
 mod directory;
 mod json;
