@@ -58,7 +58,7 @@ fn normalize_ascii_email(email: &str) -> Option<String> {
 }
 
 /// zlib.crc32 of the account id modulo the partitions (processors.identity.account_partition).
-fn account_partition(account_id: &str, partitions: u32) -> u32 {
+pub(crate) fn account_partition(account_id: &str, partitions: u32) -> u32 {
     crc32fast::hash(account_id.as_bytes()) % partitions
 }
 

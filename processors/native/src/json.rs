@@ -8,7 +8,7 @@ use std::fmt;
 
 /// orjson's float: the shortest digits that read back, in decimal notation for decimal
 /// exponents from -5 to 15, else as d.ddde±x.
-fn write_float(value: f64, out: &mut Vec<u8>) {
+pub(crate) fn write_float(value: f64, out: &mut Vec<u8>) {
     let scientific = format!("{value:e}"); // shortest round-trip digits: "-1.25e-7", "1e16"
     let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
     let exponent: i32 = exponent.parse().unwrap_or(0);
@@ -42,7 +42,7 @@ fn write_float(value: f64, out: &mut Vec<u8>) {
     }
 }
 
-fn write_string(text: &str, out: &mut Vec<u8>) {
+pub(crate) fn write_string(text: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     for &byte in text.as_bytes() {
         match byte {
@@ -74,10 +74,37 @@ pub(crate) enum Json<'a> {
     Object(Vec<(Cow<'a, str>, Json<'a>)>),
 }
 
+impl Json<'_> {
+    /// The value with its strings copied: to keep beyond the bytes it was read from.
+    pub(crate) fn into_owned(self) -> Json<'static> {
+        let owned = |text: Cow<'_, str>| Cow::Owned(text.into_owned());
+        match self {
+            Json::Null => Json::Null,
+            Json::Bool(b) => Json::Bool(b),
+            Json::Int(i) => Json::Int(i),
+            Json::UInt(u) => Json::UInt(u),
+            Json::Float(x) => Json::Float(x),
+            Json::Text(text) => Json::Text(owned(text)),
+            Json::List(items) => Json::List(items.into_iter().map(Json::into_owned).collect()),
+            Json::Object(members) => Json::Object(members.into_iter().map(|(name, value)| (owned(name), value.into_owned())).collect()),
+        }
+    }
+}
+
+impl<'a> Json<'a> {
+    /// The object's member of this name.
+    pub(crate) fn get(&self, name: &str) -> Option<&Json<'a>> {
+        match self {
+            Json::Object(members) => members.iter().find(|(known, _)| known == name).map(|(_, value)| value),
+            _ => None,
+        }
+    }
+}
+
 /// A string, borrowed where it can be (serde's Cow<str> always copies).
 pub(crate) struct Text<'a>(pub(crate) Cow<'a, str>);
 
-impl<'de> Deserialize<'de> for Text<'de> {
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct TextVisitor;
         impl<'de> Visitor<'de> for TextVisitor {
@@ -96,7 +123,7 @@ impl<'de> Deserialize<'de> for Text<'de> {
     }
 }
 
-impl<'de> Deserialize<'de> for Json<'de> {
+impl<'de: 'a, 'a> Deserialize<'de> for Json<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct JsonVisitor;
         impl<'de> Visitor<'de> for JsonVisitor {

@@ -12,9 +12,16 @@
 //! (directory.rs), event rows made from forwarded messages (rows.rs), and the JSON both
 //! read and write as Python does (json.rs).
 
+mod dedup;
 mod directory;
+mod fold;
+mod forwarded;
 mod json;
 mod rows;
+mod schedule;
+mod scoring;
+mod stages;
+mod state;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -377,6 +384,7 @@ fn abm_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<FastPath>()?;
     module.add_class::<directory::Directory>()?;
     module.add_class::<rows::EncodedRows>()?;
+    module.add_class::<fold::Fold>()?;
     module.add_function(wrap_pyfunction!(rows::claimed_event_rows, module)?)?;
     module.add_function(wrap_pyfunction!(forwarded_arrays, module)?)?;
     Ok(())

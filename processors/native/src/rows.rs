@@ -10,12 +10,12 @@ use std::collections::HashMap;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
-use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde::Deserialize;
-use std::borrow::Cow;
-use std::fmt;
 
-use crate::json::{write_json, Json, Text};
+use crate::forwarded::{events_of, ForwardedEvent, Member};
+use crate::json::{write_json, Json};
+
+/// The string columns of events_claimed: forwarded::TEXT_MEMBERS's first ones.
+const EVENT_ROW_TEXTS: usize = 9;
 
 /// Position of an event: (by-account partition, offset of its message, index in it).
 type Position = (u16, u64, u32);
@@ -45,68 +45,24 @@ fn write_bytes(bytes: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(bytes);
 }
 
-/// The string columns of events_claimed, in order.
-const TEXT_COLUMNS: [&str; 9] = ["event_id", "type", "source", "account_id", "contact_id", "email", "campaign_id", "url", "content_id"];
-
-/// What a row reads of a forwarded event (a later member of the same name wins, as in
-/// the dict Python decodes); its other members are skipped.
-#[derive(Default)]
-struct ForwardedEvent<'a> {
-    texts: [Option<Cow<'a, str>>; 9], // None: missing or null
-    occurred_at_ms: Option<i64>,
-    received_at_ms: Option<i64>,
-    properties: Option<Json<'a>>,
-}
-
-impl<'de> Deserialize<'de> for ForwardedEvent<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct EventVisitor;
-        impl<'de> Visitor<'de> for EventVisitor {
-            type Value = ForwardedEvent<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an event (a JSON object)")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut event = ForwardedEvent::default();
-                while let Some(Text(name)) = map.next_key()? {
-                    if let Some(column) = TEXT_COLUMNS.iter().position(|c| *c == name) {
-                        event.texts[column] = map.next_value::<Option<Text<'de>>>()?.map(|Text(t)| t);
-                        continue;
-                    }
-                    match name.as_ref() {
-                        "occurred_at_ms" => event.occurred_at_ms = Some(map.next_value()?),
-                        "received_at_ms" => event.received_at_ms = Some(map.next_value()?),
-                        "properties" => event.properties = Some(map.next_value()?),
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(event)
-            }
-        }
-        deserializer.deserialize_map(EventVisitor)
-    }
-}
-
 /// One event's row of `events_claimed` (streams.sink.CLAIMED_EVENT_COLUMNS).
 fn write_row(event: &ForwardedEvent<'_>, (partition, offset, index): Position, claim: u64, rows: &mut EncodedRows) -> Result<(), String> {
     let out = &mut rows.data;
-    for text in &event.texts {
-        write_bytes(text.as_deref().unwrap_or("").as_bytes(), out);
+    for column in 0..EVENT_ROW_TEXTS {
+        write_bytes(event.text(column).unwrap_or("").as_bytes(), out);
     }
     let occurred_at_ms = event.occurred_at_ms.ok_or("a forwarded event has no occurred_at_ms")?;
     let received_at_ms = event.received_at_ms.ok_or("a forwarded event has no received_at_ms")?;
     out.extend_from_slice(&occurred_at_ms.to_le_bytes());
     out.extend_from_slice(&received_at_ms.to_le_bytes());
     match &event.properties {
-        Some(properties @ Json::Object(members)) if !members.is_empty() => {
+        Member::Value(properties @ Json::Object(members)) if !members.is_empty() => {
             let mut text = Vec::new();
             write_json(properties, &mut text);
             write_bytes(&text, out);
         }
-        None | Some(Json::Null) | Some(Json::Object(_)) => write_bytes(b"{}", out),
-        Some(_) => return Err("the properties of a forwarded event are not an object".to_owned()),
+        Member::Missing | Member::Null | Member::Value(Json::Object(_)) => write_bytes(b"{}", out),
+        Member::Value(_) => return Err("the properties of a forwarded event are not an object".to_owned()),
     }
     out.extend_from_slice(&partition.to_le_bytes());
     out.extend_from_slice(&offset.to_le_bytes());
@@ -115,14 +71,6 @@ fn write_row(event: &ForwardedEvent<'_>, (partition, offset, index): Position, c
     rows.occurred_at_ms.push(occurred_at_ms);
     rows.received_at_ms.push(received_at_ms);
     Ok(())
-}
-
-/// A forwarded message's events, nested as deep as orjson reads (1,024 levels; serde's
-/// default stops at 128).
-fn events_of(message: &[u8]) -> Result<Vec<ForwardedEvent<'_>>, String> {
-    let mut reader = serde_json::Deserializer::from_slice(message);
-    reader.disable_recursion_limit();
-    Vec::<ForwardedEvent>::deserialize(&mut reader).map_err(|e| format!("a forwarded message is not a JSON array of events: {e}"))
 }
 
 fn encode(messages: &HashMap<(u16, u64), (&[u8], u64)>, positions: &[Position]) -> Result<EncodedRows, String> {

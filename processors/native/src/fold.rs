@@ -1,0 +1,344 @@
+//! The fold (processors.watermarks.fold_messages, processors.accounts): forwarded
+//! messages read straight from their bytes into account states held here, events held
+//! for the watermark and settled in event-time order, each partition's fall-back
+//! schedule advanced by its messages. The Python modules stay the definition; this
+//! derives what they derive, the states' bytes included.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyIterator};
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+
+use crate::dedup::{event_key, forget_old, must_prune, next_prune_size, DedupPolicy};
+use crate::directory::account_partition;
+use crate::forwarded::{events_of, Member, ACCOUNT_ID};
+use crate::scoring::{apply_event, ScoringConfig};
+use crate::stages::{fall_back_until, may_move_up, note_signals, restage, StageRules, StageTransition};
+use crate::state::{held_events_of, AccountState, AppliedEvent, Timing};
+use crate::schedule::FallbackSchedule;
+
+fn invalid(what: String) -> PyErr {
+    PyValueError::new_err(what)
+}
+
+/// What the fold reads of the rules, as the Python definitions hold them.
+struct Rules {
+    config: ScoringConfig,
+    stages: StageRules,
+    dedup: DedupPolicy,
+    max_held: usize, // 0: events applied at once, never held
+}
+
+/// The account states in memory, read from the store (through Python) on first use.
+struct States {
+    cached: HashMap<String, AccountState>,
+    changed: HashSet<String>,
+    load: PyObject,          // account id -> its stored state's JSON, or None
+    stored_held: PyObject,   // (account id, segment number) -> the segment's JSON
+    stored_timings: PyObject, // partition -> the timings of its stored states
+}
+
+impl States {
+    /// The account's state, marked as changed (it is about to be).
+    fn state_for(&mut self, py: Python<'_>, account_id: &str) -> PyResult<&mut AccountState> {
+        if !self.changed.contains(account_id) {
+            self.changed.insert(account_id.to_owned());
+        }
+        match self.cached.entry(account_id.to_owned()) {
+            Entry::Occupied(known) => Ok(known.into_mut()),
+            Entry::Vacant(new) => {
+                let stored = self.load.call1(py, (account_id,))?;
+                let state = if stored.is_none(py) {
+                    AccountState::new(account_id)
+                } else {
+                    AccountState::from_json(stored.downcast_bound::<PyBytes>(py)?.as_bytes()).map_err(invalid)?
+                };
+                Ok(new.insert(state))
+            }
+        }
+    }
+
+    /// Returns the events of these segments (of ``held_segments``) to memory.
+    fn read_back(&self, py: Python<'_>, state: &mut AccountState, segments: Vec<[i64; 3]>) -> PyResult<()> {
+        for segment in segments {
+            if let Some(index) = state.held_segments.iter().position(|known| *known == segment) {
+                state.held_segments.remove(index);
+            }
+            state.released_segments.push(segment[1]);
+            let stored = self.stored_held.call1(py, (state.account_id.as_str(), segment[1]))?;
+            state.held.extend(held_events_of(stored.downcast_bound::<PyBytes>(py)?.as_bytes()).map_err(invalid)?);
+        }
+        state.held.sort_by(|a, b| a.held_order().cmp(&b.held_order()));
+        Ok(())
+    }
+
+    /// The timing of every state of the partition as it stands now (in memory, else stored).
+    fn timings_in(&self, py: Python<'_>, partition: u32, partitions: u32) -> PyResult<Vec<Timing>> {
+        let mut timings: Vec<Timing> = self.cached.values().filter(|s| account_partition(&s.account_id, partitions) == partition).map(AccountState::timing).collect();
+        let stored = self.stored_timings.call1(py, (partition,))?;
+        for timing in PyIterator::from_object(stored.bind(py))? {
+            let timing: Timing = timing?.extract()?;
+            if !self.cached.contains_key(&timing.0) {
+                timings.push(timing);
+            }
+        }
+        Ok(timings)
+    }
+}
+
+#[derive(Default)]
+struct Folded {
+    applied: Vec<(u32, u64, u32)>, // (partition, offset, index) of the events that changed a state
+    transitions: Vec<StageTransition>,
+    duplicates: u64,
+    replayed: u64,
+}
+
+/// Applies the event after the fall-backs due before it; appends the transitions.
+fn apply_in_time(state: &mut AccountState, event: &AppliedEvent, rules: &Rules, transitions: &mut Vec<StageTransition>) -> Result<(), String> {
+    let at = event.occurred_at_ms;
+    if 0 < state.fallback_at_ms && state.fallback_at_ms <= at {
+        fall_back_until(state, at, &rules.stages, &rules.config, transitions);
+    }
+    let weight = apply_event(state, event, &rules.config)?;
+    let signal = note_signals(state, event, &rules.stages)?;
+    if may_move_up(state, weight, signal, &rules.stages) {
+        let at = state.as_of_ms.max(state.last_event_ms);
+        transitions.extend(restage(state, at, &event.event_id, &rules.stages, &rules.config));
+    }
+    Ok(())
+}
+
+/// Applies the held events up to ``upto_ms`` in event-time order (reading back the
+/// segments it reaches), then the fall-backs due by then.
+fn settle(py: Python<'_>, states: &States, state: &mut AccountState, upto_ms: i64, rules: &Rules, transitions: &mut Vec<StageTransition>) -> PyResult<()> {
+    let reached: Vec<[i64; 3]> = state.held_segments.iter().filter(|segment| segment[0] <= upto_ms).copied().collect();
+    if !reached.is_empty() {
+        states.read_back(py, state, reached)?;
+    }
+    let due = state.held.partition_point(|event| event.occurred_at_ms <= upto_ms);
+    let applied: Vec<AppliedEvent> = state.held.drain(..due).collect();
+    for event in &applied {
+        apply_in_time(state, event, rules, transitions).map_err(invalid)?;
+    }
+    fall_back_until(state, upto_ms, &rules.stages, &rules.config, transitions);
+    Ok(())
+}
+
+/// True when this raw message reached the account before; otherwise records it.
+fn origin_absorbed(state: &mut AccountState, (topic, partition, offset): (&str, i64, i64)) -> bool {
+    let key = format!("{topic}/{partition}");
+    if offset <= state.origin_upto.get(&key).copied().unwrap_or(-1) {
+        return true;
+    }
+    state.origin_upto.insert(key, offset);
+    false
+}
+
+#[pyclass(module = "abm_native")]
+pub struct Fold {
+    rules: Rules,
+    partitions: u32,
+    states: States,
+    schedule: FallbackSchedule,
+}
+
+impl Fold {
+    /// Folds one forwarded message's events (processors.accounts.fold_events), then
+    /// advances its partition's watermark by them and settles what it made due.
+    fn fold_message(&mut self, py: Python<'_>, partition: u32, offset: u64, message: &[u8], folded: &mut Folded) -> PyResult<()> {
+        let events = events_of(message).map_err(invalid)?;
+        let mut latest: Option<i64> = None;
+        let mut applied_accounts: Vec<String> = Vec::new();
+        for (index, event) in events.into_iter().enumerate() {
+            let at = event.occurred_at_ms.ok_or_else(|| invalid("a forwarded event has no occurred_at_ms".to_owned()))?;
+            latest = Some(latest.map_or(at, |l| l.max(at)));
+            let account_id = event.text(ACCOUNT_ID).ok_or_else(|| invalid("a forwarded event has no account_id".to_owned()))?.to_owned();
+            let origin = match &event.origin {
+                Member::Value((topic, raw_partition, raw_offset)) => Some((topic.to_string(), *raw_partition, *raw_offset)),
+                _ => None, // an event re-routed after a late resolution
+            };
+            let state = self.states.state_for(py, &account_id)?;
+            let position = (offset as i64, index as i64);
+            if position <= state.applied_upto || origin.as_ref().is_some_and(|(t, p, o)| origin_absorbed(state, (t, *p, *o))) {
+                folded.replayed += 1;
+                continue;
+            }
+            state.applied_upto = position;
+            let event = AppliedEvent::from_event(event).map_err(invalid)?;
+            if !state.recent_ids.add(event_key(&event.source, &event.event_id), at) {
+                folded.duplicates += 1;
+                continue;
+            }
+            if at > state.latest_seen_ms {
+                state.latest_seen_ms = at;
+            }
+            let dedup = &self.rules.dedup;
+            if must_prune(&state.recent_ids, state.prune_ids_at, dedup) {
+                forget_old(&mut state.recent_ids, state.latest_seen_ms, dedup);
+                state.prune_ids_at = next_prune_size(state.recent_ids.len());
+            }
+            folded.applied.push((partition, offset, index as u32));
+            if !applied_accounts.contains(&account_id) {
+                applied_accounts.push(account_id.clone());
+            }
+            let max_held = self.rules.max_held;
+            if max_held == 0 {
+                apply_in_time(state, &event, &self.rules, &mut folded.transitions).map_err(invalid)?;
+                continue;
+            }
+            let place = state.held.partition_point(|held| held.held_order() <= event.held_order());
+            state.held.insert(place, event);
+            if state.held.len() > max_held || (!state.held_segments.is_empty() && state.held_count() > max_held as i64) {
+                // a burst past what an account holds: its earliest events are applied now
+                let mut state = std::mem::take(state);
+                let segments = state.held_segments.clone();
+                let result = self.states.read_back(py, &mut state, segments).and_then(|()| {
+                    let upto = state.held[state.held.len() - max_held - 1].occurred_at_ms;
+                    settle(py, &self.states, &mut state, upto, &self.rules, &mut folded.transitions)
+                });
+                self.states.cached.insert(account_id.clone(), state);
+                result?;
+            }
+        }
+        for account_id in &applied_accounts {
+            self.note(account_id);
+        }
+        if let Some(latest) = latest {
+            self.schedule.advance(partition, latest);
+        }
+        self.settle_due(py, partition, &mut folded.transitions)
+    }
+
+    fn note(&mut self, account_id: &str) {
+        let state = &self.states.cached[account_id];
+        self.schedule.note(account_partition(account_id, self.partitions), account_id, state.fallback_at_ms, state.first_held_ms());
+    }
+
+    /// Settles the accounts the partition's watermark has passed, in time order
+    /// (processors.watermarks.FallbackSchedule.settle_due).
+    fn settle_due(&mut self, py: Python<'_>, partition: u32, transitions: &mut Vec<StageTransition>) -> PyResult<()> {
+        let Some(held) = self.schedule.by_partition.get(&partition) else { return Ok(()) };
+        if held.unscanned() {
+            let timings = self.states.timings_in(py, partition, self.partitions)?;
+            self.schedule.scan(partition, timings);
+        }
+        let Some(mark) = self.schedule.watermark(partition) else { return Ok(()) };
+        loop {
+            while let Some(account_id) = self.schedule.partition(partition).pop_due(mark) {
+                let mut state = std::mem::take(self.states.state_for(py, &account_id)?);
+                let result = settle(py, &self.states, &mut state, mark, &self.rules, transitions);
+                self.states.cached.insert(account_id.clone(), state);
+                result?;
+                self.note(&account_id);
+            }
+            if self.schedule.partition(partition).covers(mark) {
+                return Ok(());
+            }
+            let timings = self.states.timings_in(py, partition, self.partitions)?;
+            self.schedule.scan(partition, timings);
+        }
+    }
+}
+
+type TransitionTuple = (String, &'static str, &'static str, i64, f64, String, String);
+
+fn as_tuple(t: StageTransition) -> TransitionTuple {
+    (t.account_id, t.from_stage, t.to_stage, t.at_ms, t.score, t.event_id, t.reason)
+}
+
+#[pymethods]
+impl Fold {
+    /// ``config``, ``rules``, ``dedup``: processors.scoring.ScoringConfig,
+    /// processors.stages.StageRules, processors.dedup.DedupPolicy. ``load(account_id)``:
+    /// the JSON of its stored state, or None; ``stored_held(account_id, number)``: the
+    /// JSON of a held segment; ``stored_timings(partition)``: the timing
+    /// (AccountState.timing) of every stored state of a partition.
+    #[new]
+    #[pyo3(signature = (config, rules, dedup, max_held, partitions, lateness_ms, capacity, load, stored_held, stored_timings))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        config: &Bound<'_, PyAny>,
+        rules: &Bound<'_, PyAny>,
+        dedup: &Bound<'_, PyAny>,
+        max_held: usize,
+        partitions: u32,
+        lateness_ms: i64,
+        capacity: usize,
+        load: PyObject,
+        stored_held: PyObject,
+        stored_timings: PyObject,
+    ) -> PyResult<Self> {
+        let config = ScoringConfig {
+            weights: config.getattr("weights")?.extract()?,
+            daily_caps: config.getattr("daily_caps")?.extract()?,
+            seniority: config.getattr("seniority")?.extract()?,
+            half_life_ms: config.getattr("half_life_ms")?.extract()?,
+            cap_memory_ms: config.getattr("cap_memory_ms")?.extract()?,
+            max_contacts: config.getattr("max_contacts")?.extract()?,
+        };
+        let stages = StageRules {
+            awareness_window_ms: rules.getattr("awareness_window_ms")?.extract()?,
+            consideration_min_score: rules.getattr("consideration_min_score")?.extract()?,
+            consideration_min_contacts: rules.getattr("consideration_min_contacts")?.extract()?,
+            contacts_window_ms: rules.getattr("contacts_window_ms")?.extract()?,
+            decision_intent_window_ms: rules.getattr("decision_intent_window_ms")?.extract()?,
+            intent_event_types: rules.getattr("intent_event_types")?.extract()?,
+            intent_url_patterns: rules.getattr("intent_url_patterns")?.extract()?,
+            intent_form_keywords: rules.getattr("intent_form_keywords")?.extract()?,
+            open_opportunity_decides: rules.getattr("open_opportunity_decides")?.extract()?,
+            dwell_ms: rules.getattr("dwell_ms")?.extract()?,
+        };
+        let dedup = DedupPolicy { horizon_ms: dedup.getattr("horizon_ms")?.extract()?, max_ids: dedup.getattr("max_ids")?.extract()? };
+        Ok(Fold {
+            rules: Rules { config, stages, dedup, max_held },
+            partitions,
+            states: States { cached: HashMap::new(), changed: HashSet::new(), load, stored_held, stored_timings },
+            schedule: FallbackSchedule::new(lateness_ms, capacity),
+        })
+    }
+
+    /// Folds forwarded messages, [(partition, offset, message)], in order: the positions
+    /// (partition, offset, index) of the events that changed a state, the transitions
+    /// (StageTransition's fields), the duplicates and the replayed events.
+    #[allow(clippy::type_complexity)]
+    fn fold(&mut self, py: Python<'_>, messages: Vec<(u32, u64, Bound<'_, PyBytes>)>) -> PyResult<(Vec<(u32, u64, u32)>, Vec<TransitionTuple>, u64, u64)> {
+        let mut folded = Folded::default();
+        for (partition, offset, message) in &messages {
+            self.fold_message(py, *partition, *offset, message.as_bytes(), &mut folded)?;
+        }
+        Ok((folded.applied, folded.transitions.into_iter().map(as_tuple).collect(), folded.duplicates, folded.replayed))
+    }
+
+    /// The JSON of the account's state in memory (AccountState.to_bytes, uncompressed),
+    /// or None.
+    fn state_json<'py>(&mut self, py: Python<'py>, account_id: &str) -> Option<Bound<'py, PyBytes>> {
+        self.states.cached.get_mut(account_id).map(|state| PyBytes::new(py, &state.to_json()))
+    }
+
+    /// The accounts whose states are in memory.
+    fn cached_accounts(&self) -> Vec<String> {
+        self.states.cached.keys().cloned().collect()
+    }
+
+    /// The accounts changed since the last call.
+    fn take_changed(&mut self) -> Vec<String> {
+        self.states.changed.drain().collect()
+    }
+
+    /// FallbackSchedule.reset.
+    fn reset(&mut self, partitions: Vec<u32>, latest: HashMap<u32, i64>) {
+        self.schedule.reset(&partitions, &latest);
+    }
+
+    /// The watermark of each partition that has one.
+    fn watermarks(&self) -> HashMap<u32, i64> {
+        self.schedule.watermarks()
+    }
+
+    /// Accounts the schedule keeps in memory.
+    fn scheduled(&self) -> usize {
+        self.schedule.len()
+    }
+}

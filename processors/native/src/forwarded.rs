@@ -1,0 +1,109 @@
+//! What native code reads of a forwarded event (processors.routing.forwarded_messages):
+//! its rows (rows.rs) and the fold (fold.rs). An account's held events, stored as the
+//! part of an event that applying it reads (processors.scoring._APPLIED_FIELDS), are
+//! read the same way.
+
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::fmt;
+
+use crate::json::{Json, Text};
+
+/// The string members read, in this order (the first nine are event rows' columns).
+pub(crate) const TEXT_MEMBERS: [&str; 10] = ["event_id", "type", "source", "account_id", "contact_id", "email", "campaign_id", "url", "content_id", "_seniority"];
+pub(crate) const EVENT_ID: usize = 0;
+pub(crate) const TYPE: usize = 1;
+pub(crate) const SOURCE: usize = 2;
+pub(crate) const ACCOUNT_ID: usize = 3;
+pub(crate) const CONTACT_ID: usize = 4;
+pub(crate) const EMAIL: usize = 5;
+pub(crate) const URL: usize = 7;
+pub(crate) const SENIORITY: usize = 9;
+
+/// A member as a dict has it: missing, null, or a value.
+pub(crate) enum Member<T> {
+    Missing,
+    Null,
+    Value(T),
+}
+
+impl<T> Default for Member<T> {
+    fn default() -> Self {
+        Member::Missing
+    }
+}
+
+impl<T> Member<T> {
+    pub(crate) fn value(&self) -> Option<&T> {
+        match self {
+            Member::Value(value) => Some(value),
+            _ => None,
+        }
+    }
+
+    fn read<'de, A: MapAccess<'de>, S: Deserialize<'de>>(map: &mut A, into: impl FnOnce(S) -> T) -> Result<Self, A::Error> {
+        Ok(map.next_value::<Option<S>>()?.map_or(Member::Null, |value| Member::Value(into(value))))
+    }
+}
+
+/// (raw topic, partition, offset) of the raw message an event came in.
+pub(crate) type Origin<'a> = (Cow<'a, str>, i64, i64);
+
+/// A forwarded event's members that native code reads (a later member of the same name
+/// wins, as in the dict Python decodes); the others are skipped.
+#[derive(Default)]
+pub(crate) struct ForwardedEvent<'a> {
+    pub(crate) texts: [Member<Cow<'a, str>>; 10],
+    pub(crate) occurred_at_ms: Option<i64>,
+    pub(crate) received_at_ms: Option<i64>,
+    pub(crate) properties: Member<Json<'a>>,
+    pub(crate) origin: Member<Origin<'a>>,
+}
+
+impl<'a> ForwardedEvent<'a> {
+    /// The string member's value (None: missing or null).
+    pub(crate) fn text(&self, member: usize) -> Option<&str> {
+        self.texts[member].value().map(|text| text.as_ref())
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ForwardedEvent<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EventVisitor;
+        impl<'de> Visitor<'de> for EventVisitor {
+            type Value = ForwardedEvent<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an event (a JSON object)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut event = ForwardedEvent::default();
+                while let Some(Text(name)) = map.next_key()? {
+                    if let Some(member) = TEXT_MEMBERS.iter().position(|m| *m == name) {
+                        event.texts[member] = Member::read(&mut map, |Text(text): Text<'de>| text)?;
+                        continue;
+                    }
+                    match name.as_ref() {
+                        "occurred_at_ms" => event.occurred_at_ms = Some(map.next_value()?),
+                        "received_at_ms" => event.received_at_ms = Some(map.next_value()?),
+                        "properties" => event.properties = Member::read(&mut map, |p: Json<'de>| p)?,
+                        "_origin" => event.origin = Member::read(&mut map, |(Text(topic), partition, offset): (Text<'de>, i64, i64)| (topic, partition, offset))?,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(event)
+            }
+        }
+        deserializer.deserialize_map(EventVisitor)
+    }
+}
+
+/// A JSON array of events, nested as deep as orjson reads (1,024 levels; serde's
+/// default stops at 128).
+pub(crate) fn events_of(message: &[u8]) -> Result<Vec<ForwardedEvent<'_>>, String> {
+    let mut reader = serde_json::Deserializer::from_slice(message);
+    reader.disable_recursion_limit();
+    Vec::<ForwardedEvent>::deserialize(&mut reader).map_err(|e| format!("a forwarded message is not a JSON array of events: {e}"))
+}
