@@ -101,7 +101,7 @@ class AccountState:
         fields["recent_ids"] = _pack_ids(self.recent_ids)
         fields["daily"] = list(self.daily.items())
         fields["held"] = [_applied_part(event) for *_, event in self.held]
-        return _stored(orjson.dumps(fields))
+        return stored_form(orjson.dumps(fields))
 
     def take_held_segments(self) -> list[tuple[int, bytes]]:
         """Moves the held events in memory to new segments: each segment's number and
@@ -112,7 +112,7 @@ class AccountState:
         segments = []
         for events, encoded in json_arrays([_applied_part(event) for *_, event in self.held], len(self.held) or 1, SEGMENT_MAX_BYTES):
             self.held_segments.append([events[0]["occurred_at_ms"], self.next_segment, len(events)])
-            segments.append((self.next_segment, _stored(encoded)))
+            segments.append((self.next_segment, stored_form(encoded)))
             self.next_segment += 1
         self.held = []
         return segments
@@ -131,7 +131,7 @@ class AccountState:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> AccountState:
-        fields = orjson.loads(_json_of(raw))
+        fields = orjson.loads(json_of(raw))
         fields["applied_upto"] = tuple(fields["applied_upto"])
         recent_ids = fields.get("recent_ids", {})
         fields["recent_ids"] = _unpack_ids(recent_ids) if isinstance(recent_ids, str) else RecentIds((int(key), at) for key, at in recent_ids.items())
@@ -158,7 +158,7 @@ class AccountState:
     def timing_of(raw: bytes) -> Timing:
         """``timing()`` of a state's bytes, without building the state: a scan of a
         million stored states after a restart took ~9 µs each to build them, ~3 µs this way."""
-        fields = orjson.loads(_json_of(raw))
+        fields = orjson.loads(json_of(raw))
         held = fields.get("held")
         latest_seen_ms = fields.get("latest_seen_ms", fields["last_event_ms"])
         first_in_state = _held_from_json(held[0])[0] if held else 0
@@ -231,7 +231,7 @@ COMPRESSION_LEVEL: Final = 1
 _ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"  # never the start of JSON
 
 
-def _stored(encoded: bytes) -> bytes:
+def stored_form(encoded: bytes) -> bytes:
     """The bytes kept for a state or segment until its checkpoint is durable. orjson (3.12
     on) hands back its write buffer, at least 4 KiB and grown by doubling, unshrunk: a
     700-byte state held 8-16 KiB of heap (~240 MiB for the ~16k states of one checkpoint,
@@ -242,13 +242,13 @@ def _stored(encoded: bytes) -> bytes:
     return bytes(memoryview(encoded))
 
 
-def _json_of(raw: bytes) -> bytes:
+def json_of(raw: bytes) -> bytes:
     return zstd.decompress(raw) if raw[:4] == _ZSTD_MAGIC else raw
 
 
 def held_events_of(raw: bytes) -> list[dict[str, Any]]:
     """A segment's events from its stored bytes."""
-    events: list[dict[str, Any]] = orjson.loads(_json_of(raw))
+    events: list[dict[str, Any]] = orjson.loads(json_of(raw))
     return events
 
 

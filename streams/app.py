@@ -28,22 +28,23 @@ from clickhouse_connect.driver.client import Client
 
 from processors.dedup import DedupPolicy
 from processors.identity import account_directory
-from processors.routing import EVENTS_PER_MESSAGE, Forwarded, LearnedContact, forwarded_events, forwarded_messages, keys_resolved_by, reroute_pending, route_batch
+from processors.routing import EVENTS_PER_MESSAGE, Forwarded, LearnedContact, forwarded_messages, keys_resolved_by, reroute_pending, route_batch
 from processors.validation import Rejection
 from processors.waiting import WaitingKeys
 from schemas.events import TOPIC_ACCOUNTS, TOPIC_BY_ACCOUNT, TOPIC_CONTACTS, TOPIC_DEAD_LETTERS, TOPIC_UNRESOLVED, source_topics
 from streams.checkpoint import Checkpoint
 from streams.directory import DirectoryFeed, contact_record
 from streams.fast_path import Fetched, PulseApp
+from streams.folding import FoldRules, folding
 from streams.lag import group_lag, oldest_waiting_ms
 from streams.metrics import EventLatencies, LagSnapshot, PipelineCollector, PipelineStats
 from streams.offsets import OffsetGuard
-from streams.rows import account_rows, dead_letter_row
+from streams.rows import dead_letter_row
 from streams.rules import load_rules
 from streams.settings import Settings
 from streams.sink import ACCOUNT_COLUMNS, CLAIMED_EVENT_COLUMNS, CLAIMED_EVENTS, DEAD_LETTER_COLUMNS, TRANSITION_COLUMNS, ClickHouseSink
 from streams.staging import StageClock
-from streams.state import AccountStates, TableChangelog
+from streams.state import TableChangelog
 from streams.store import claim_partitions, dead_lettered_positions, rebuild_derived, stored_event_positions
 from streams.topics import DEAD_LETTER_PART_BYTES, OUTPUT_MESSAGE_MAX_BYTES, OUTPUT_TOPIC_CONFIGS, STATE_MAX_BYTES, STATE_TABLE, consumed_topics
 from streams.unresolved import RESOLUTION_COLUMNS, UNRESOLVED_COLUMNS, pending_events, resolution_row, unresolved_row, waiting_digests
@@ -160,7 +161,16 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
         extra_topic_configs=OUTPUT_TOPIC_CONFIGS,
     )
 
-    states = AccountStates(table, TableChangelog(table), partitions, max_cached=settings.state_cache_accounts, max_bytes=STATE_MAX_BYTES)
+    fold_rules = FoldRules(
+        config,
+        rules,
+        dedup,
+        settings.max_held_events_per_account,
+        int(settings.watermark_lateness_minutes * 60_000),
+        settings.schedule_accounts_per_partition,
+    )
+    folds = folding(table, TableChangelog(table), partitions, settings.state_cache_accounts, STATE_MAX_BYTES, fold_rules)
+    states = folds.states
     latencies = EventLatencies()
     sink = ClickHouseSink(
         client,
@@ -179,7 +189,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
         sink,
         states,
         OffsetGuard(app),
-        lambda changed: account_rows(changed, int(time.time() * 1000), config),
+        lambda: folds.take_changed_rows(int(time.time() * 1000)),
         lambda tp: stage_clock.offset_metadata(tp),  # the stage clock is built on the checkpoint
         max_rows=settings.checkpoint_max_rows,
         interval_s=settings.checkpoint_interval_s,
@@ -187,7 +197,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
         on_failure=functools.partial(stop_the_worker, app),
     )
     guard = checkpoint.guard
-    stage_clock = StageClock(app, settings, states, checkpoint, sink, stats, config, rules, dedup)
+    stage_clock = StageClock(app, settings, folds, checkpoint, sink, stats)
     # Rows of this worker's by-account partitions already in ClickHouse past the committed
     # offsets (inserted by a checkpoint that died before its commit, possibly only in part):
     # their events come again and are not inserted twice. Set on every assignment.
@@ -311,12 +321,11 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
             await stored_ahead_known.wait()
             async with checkpoint.lock:
                 fresh = admit(messages)
-                forwarded = [(m.partition, forwarded_events(m.partition, m.offset, m.value)) for m in fresh]
-                folded = stage_clock.fold(forwarded)
+                folded = stage_clock.fold([(m.partition, m.offset, m.value) for m in fresh])
                 sink.add_forwarded(
                     CLAIMED_EVENTS,
                     [(m.partition, m.offset, m.value, claims[m.partition]) for m in fresh],
-                    [event["_src"] for event in folded.applied if event["_src"] not in stored_ahead],
+                    [src for src in folded.applied if src not in stored_ahead],
                 )
                 await stage_clock.emit(folded.transitions)
                 stats.applied += len(folded.applied)
@@ -371,7 +380,7 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
             "changelog_records_to_recover": recovery.active_remaining_total(),
         }
 
-    registry.register(PipelineCollector(stats, sink, checkpoint, lag, latencies, state_sizes, stage_clock.schedule.watermarks))
+    registry.register(PipelineCollector(stats, sink, checkpoint, lag, latencies, state_sizes, folds.watermarks))
 
     @app.timer(settings.lag_refresh_s)
     async def measure_lag() -> None:

@@ -65,8 +65,7 @@ from aiokafka.structs import OffsetAndMetadata
 from streams.keyed import KeyedRecord, by_partition, send_batches
 from streams.offsets import OffsetGuard
 from streams.sink import ClickHouseSink, TableBuffer
-from processors.scoring import AccountState
-from streams.state import AccountStates, StateChange
+from streams.state import StateChange, StoredStates
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +100,9 @@ class Checkpoint:
         self,
         app: Any,
         sink: ClickHouseSink,
-        states: AccountStates,
+        states: StoredStates,
         guard: OffsetGuard,
-        account_rows: Callable[[list[AccountState]], list[Sequence[Any]]],
+        account_rows: Callable[[], list[Sequence[Any]]],
         offset_metadata: Callable[[Any], str],
         max_rows: int,
         interval_s: float,
@@ -267,7 +266,7 @@ class Checkpoint:
         self._started_at = time.monotonic()
         if not (self._has_work() or (with_states and self._owes_states())):
             return None
-        self._sink.add("account_scores", self._account_rows(self._states.take_changed()))
+        self._sink.add("account_scores", self._account_rows())
         free, in_state = self._pending, self._pending_in_state
         self._pending, self._pending_in_state = [], []
         self._awaiting_states += in_state

@@ -22,54 +22,30 @@ other accounts' late events differently than the first run did.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from processors.accounts import Folded
-from processors.dedup import DedupPolicy
-from processors.scoring import ScoringConfig
-from processors.stages import StageRules, StageTransition
-from processors.watermarks import FallbackSchedule, Message, fold_messages
+from processors.stages import StageTransition
 from schemas.events import TOPIC_BY_ACCOUNT, TOPIC_STAGE_TRANSITIONS
 from streams.checkpoint import Checkpoint
+from streams.folding import Folding, FoldResult, Forwarded
 from streams.metrics import PipelineStats
 from streams.rows import transition_message, transition_rows
 from streams.settings import Settings
 from streams.sink import ClickHouseSink
-from streams.state import AccountStates
 
 WATERMARK_METADATA = "abm.latest-event-ms="  # + the latest event time of the partition's messages
 
 
 class StageClock:
-    def __init__(
-        self,
-        app: Any,
-        settings: Settings,
-        states: AccountStates,
-        checkpoint: Checkpoint,
-        sink: ClickHouseSink,
-        stats: PipelineStats,
-        config: ScoringConfig,
-        rules: StageRules,
-        dedup: DedupPolicy,
-    ) -> None:
+    def __init__(self, app: Any, settings: Settings, folding: Folding, checkpoint: Checkpoint, sink: ClickHouseSink, stats: PipelineStats) -> None:
         self._app = app
-        self._states = states
+        self.folding = folding
         self._checkpoint = checkpoint
         self._sink = sink
         self._stats = stats
-        self._config = config
-        self._rules = rules
-        self._dedup = dedup
-        self._max_held = settings.max_held_events_per_account
         self._source_topic = settings.topic(TOPIC_BY_ACCOUNT)
         self._transitions_topic = settings.topic(TOPIC_STAGE_TRANSITIONS)
-        self.schedule = FallbackSchedule(
-            settings.topic_partitions,
-            int(settings.watermark_lateness_minutes * 60_000),
-            capacity=settings.schedule_accounts_per_partition,
-        )
         self._committed_latest: dict[int, int] = {}
         self._stale = False  # until the first assignment: nothing to scan
 
@@ -82,8 +58,7 @@ class StageClock:
             async with checkpoint.lock:
                 if self._stale and not checkpoint.closed:
                     self._rescan()
-                    states = self._states
-                    await self.emit(self.schedule.settle_due(states.state_for, states.timings_in, self._rules, self._config, stored_held=states.stored_held))
+                    await self.emit(self.folding.settle_due())
 
     def assigned(self, committed: Mapping[int, tuple[int, str]]) -> None:
         """An assignment: the committed (offset, metadata) of each by-account partition
@@ -101,17 +76,14 @@ class StageClock:
     def offset_metadata(self, tp: Any) -> str:
         """Committed with a by-account partition's offset: its watermark (the latest
         event time of its messages); the caller holds the checkpoint lock."""
-        return f"{WATERMARK_METADATA}{self.schedule.latest(tp.partition)}" if tp.topic == self._source_topic else ""
+        return f"{WATERMARK_METADATA}{self.folding.latest(tp.partition)}" if tp.topic == self._source_topic else ""
 
-    def fold(self, messages: Iterable[Message]) -> Folded:
+    def fold(self, messages: Sequence[Forwarded]) -> FoldResult:
         """Folds the messages' events into their accounts and settles what each message
-        made due (processors.watermarks.fold_messages); the caller holds the checkpoint lock."""
+        made due (streams.folding); the caller holds the checkpoint lock."""
         if self._stale:
             self._rescan()
-        states = self._states
-        return fold_messages(
-            messages, states.state_for, states.timings_in, self.schedule, self._config, self._rules, self._dedup, self._max_held, states.stored_held
-        )
+        return self.folding.fold(messages)
 
     async def emit(self, transitions: list[StageTransition]) -> None:
         """To ClickHouse (buffered) and Kafka; the caller holds the checkpoint lock."""
@@ -125,5 +97,5 @@ class StageClock:
         # The tables have recovered; in-memory states were dropped on revocation (or
         # have just been changed and are noted again by the caller).
         owned = {tp.partition for tp in self._app.assignor.assigned_actives() if tp.topic == self._source_topic}
-        self.schedule.reset(owned, self._committed_latest)
+        self.folding.reset(owned, self._committed_latest)
         self._stale = False

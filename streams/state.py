@@ -18,14 +18,15 @@ worker that restores the partition from it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from itertools import islice, takewhile
 from typing import Any
 
 from faust.types import TP
 
 from processors.identity import account_partition
-from processors.scoring import AccountState, Timing, held_events_of, held_segment_key, is_held_segment_key
+from processors.scoring import AccountState, Timing, held_events_of, held_segment_key, is_held_segment_key, json_of, stored_form
 from streams.keyed import KeyedRecord, SentBatch, send_batches
 
 StateChange = tuple[int, bytes, bytes | None]  # partition, key, the state's or segment's bytes (None: delete)
@@ -60,17 +61,97 @@ class TableChangelog:
         self._table.data.set_persisted_offset(tp, ack.result().offset + count - 1)
 
 
-class AccountStates:
+class StoredStates(ABC):
+    """What both holders of account states share (AccountStates here, NativeAccountStates
+    in native code): the table they are stored in, its store and changelog, written to
+    in order; the segments written and not yet in the store; the bounds."""
+
     def __init__(self, table: Any, changelog: Any, partitions: int, max_cached: int, max_bytes: int) -> None:
         self._table = table
         self._changelog = changelog  # TableChangelog, or what records its calls in tests
         self._partitions = partitions
         self._max_cached = max_cached
         self._max_bytes = max_bytes
+        self._unstored: dict[bytes, bytes] = {}  # segments taken to be written, not yet in the store
+
+    @property
+    @abstractmethod
+    def cached(self) -> int:
+        """States in memory."""
+
+    @property
+    @abstractmethod
+    def changed(self) -> int:
+        """Accounts changed since their rows were last taken."""
+
+    @property
+    @abstractmethod
+    def unwritten(self) -> int:
+        """Accounts changed since the last ``take_changes``."""
+
+    @abstractmethod
+    def take_changes(self) -> list[StateChange]:
+        """The unwritten states as they are now, to be written by ``write``."""
+
+    @property
+    def over_cache(self) -> bool:
+        """More states wait to be written than memory should hold (only written ones may
+        leave it): they must be written now."""
+        return self.unwritten >= self._max_cached
+
+    def stored_segment(self, account_id: str, number: int) -> bytes:
+        """The bytes of one of the account's held segments, as stored."""
+        key = held_segment_key(account_id, number)
+        raw = self._unstored.get(key)
+        if raw is None:
+            raw = _get_from_store(self._table, account_partition(account_id, self._partitions), key)
+        if raw is None:  # the state lists it: deleted or never stored, its events would be lost
+            raise LookupError(f"held segment {number} of account {account_id!r} is not in the store")
+        return raw
+
+    async def write(self, changes: list[StateChange]) -> None:
+        """To the table's changelog topic and, once the broker acknowledged them, to its
+        store; new held segments first, and the states that list them only once the
+        segments are acknowledged. A segment is written once: one that only the store got
+        (put first, then a kill or a refusal), or a state that reached the changelog
+        without its refused segment, left a worker restoring the partition from the
+        changelog with a state listing a segment it lacked."""
+        for _, key, value in changes:
+            if value is not None and len(value) > self._max_bytes:
+                raise StateTooLarge(_too_large(key, value, self._max_bytes))
+        is_new_segment = [value is not None and is_held_segment_key(key) for _, key, value in changes]
+        sent: dict[int, list[SentBatch]] = {}
+        for segments_now in (True, False):
+            await self._send_acknowledged([c for c, segment in zip(changes, is_new_segment) if segment is segments_now], sent)
+        for partition, key, value in changes:
+            _put_in_store(self._table, partition, key, value)
+            self._unstored.pop(key, None)
+        for partition, batches in sent.items():
+            self._changelog.persisted(partition, batches)
+
+    async def _send_acknowledged(self, changes: list[StateChange], sent: dict[int, list[SentBatch]]) -> None:
+        """Sends the records to the changelog and waits for the broker: a refusal raises."""
+        by_partition: dict[int, list[KeyedRecord]] = {}
+        for partition, key, value in changes:
+            by_partition.setdefault(partition, []).append((key, value))
+        batches = {partition: await self._changelog.write(partition, records) for partition, records in by_partition.items()}
+        await asyncio.gather(*(ack for partition_batches in batches.values() for ack, _ in partition_batches))
+        for partition, partition_batches in batches.items():
+            sent.setdefault(partition, []).extend(partition_batches)
+
+    def forget(self) -> None:
+        """Drop the in-memory copies: after a revocation the table is the truth again."""
+        self._unstored.clear()
+
+
+class AccountStates(StoredStates):
+    """The states as processors.scoring.AccountState objects (the interpreted fold)."""
+
+    def __init__(self, table: Any, changelog: Any, partitions: int, max_cached: int, max_bytes: int) -> None:
+        super().__init__(table, changelog, partitions, max_cached, max_bytes)
         self._cache: dict[str, AccountState] = {}
         self._changed: set[str] = set()  # since their rows were last taken
         self._unwritten: set[str] = set()  # rows taken since, bytes not yet
-        self._unstored: dict[bytes, bytes] = {}  # segments taken to be written, not yet in the store
         self._releasing: dict[str, list[int]] = {}  # released segments the states as last written list: to be deleted next
 
     @property
@@ -90,13 +171,7 @@ class AccountStates:
 
     def stored_held(self, account_id: str, number: int) -> list[dict[str, Any]]:
         """The events of one of the account's held segments (processors.scoring.StoredHeld)."""
-        key = held_segment_key(account_id, number)
-        raw = self._unstored.get(key)
-        if raw is None:
-            raw = _get_from_store(self._table, account_partition(account_id, self._partitions), key)
-        if raw is None:  # the state lists it: deleted or never stored, its events would be lost
-            raise LookupError(f"held segment {number} of account {account_id!r} is not in the store")
-        return held_events_of(raw)
+        return held_events_of(self.stored_segment(account_id, number))
 
     def state_for(self, account_id: str) -> AccountState:
         """The account's state, marked as changed (it is about to be)."""
@@ -120,12 +195,6 @@ class AccountStates:
         """Accounts changed since the last ``take_changes`` (one changed again since its
         row was taken is in both sets, and counts once)."""
         return len(self._unwritten | self._changed | self._releasing.keys())
-
-    @property
-    def over_cache(self) -> bool:
-        """More states wait to be written than memory should hold (only written ones may
-        leave it): they must be written now."""
-        return self.unwritten >= self._max_cached
 
     def timings_in(self, partition: int) -> Iterator[Timing]:
         """The timing (``AccountState.timing``) of every state of the partition as it
@@ -172,42 +241,11 @@ class AccountStates:
         self._unwritten = set()
         return changes
 
-    async def write(self, changes: list[StateChange]) -> None:
-        """To the table's changelog topic and, once the broker acknowledged them, to its
-        store; new held segments first, and the states that list them only once the
-        segments are acknowledged. A segment is written once: one that only the store got
-        (put first, then a kill or a refusal), or a state that reached the changelog
-        without its refused segment, left a worker restoring the partition from the
-        changelog with a state listing a segment it lacked."""
-        for _, key, value in changes:
-            if value is not None and len(value) > self._max_bytes:
-                raise StateTooLarge(_too_large(key, value, self._max_bytes))
-        is_new_segment = [value is not None and is_held_segment_key(key) for _, key, value in changes]
-        sent: dict[int, list[SentBatch]] = {}
-        for segments_now in (True, False):
-            await self._send_acknowledged([c for c, segment in zip(changes, is_new_segment) if segment is segments_now], sent)
-        for partition, key, value in changes:
-            _put_in_store(self._table, partition, key, value)
-            self._unstored.pop(key, None)
-        for partition, batches in sent.items():
-            self._changelog.persisted(partition, batches)
-
-    async def _send_acknowledged(self, changes: list[StateChange], sent: dict[int, list[SentBatch]]) -> None:
-        """Sends the records to the changelog and waits for the broker: a refusal raises."""
-        by_partition: dict[int, list[KeyedRecord]] = {}
-        for partition, key, value in changes:
-            by_partition.setdefault(partition, []).append((key, value))
-        batches = {partition: await self._changelog.write(partition, records) for partition, records in by_partition.items()}
-        await asyncio.gather(*(ack for partition_batches in batches.values() for ack, _ in partition_batches))
-        for partition, partition_batches in batches.items():
-            sent.setdefault(partition, []).extend(partition_batches)
-
     def forget(self) -> None:
-        """Drop the in-memory copies: after a revocation the table is the truth again."""
+        super().forget()
         self._cache.clear()
         self._changed.clear()
         self._unwritten.clear()
-        self._unstored.clear()
         self._releasing.clear()
 
     def _evict_written(self, unwritten: set[str]) -> None:
@@ -267,3 +305,58 @@ def _get_from_store(table: Any, partition: int, key: bytes) -> bytes | None:
         return raw
     raw = db_for_partition(partition).get(key)
     return raw
+
+
+class NativeAccountStates(StoredStates):
+    """The states held by native code (``abm_native.Fold``, with the fall-back schedule:
+    streams.folding), read from the store through this object and written by it. The
+    states' bytes are AccountState.to_bytes's (tests/unit/test_native_fold.py)."""
+
+    def __init__(self, table: Any, changelog: Any, partitions: int, max_cached: int, max_bytes: int, fold: Callable[..., Any]) -> None:
+        """``fold(load, stored_held, stored_timings)`` makes the ``abm_native.Fold``."""
+        super().__init__(table, changelog, partitions, max_cached, max_bytes)
+        self.native = fold(self._load, self._segment_json, self._stored_timings)
+
+    def _load(self, account_id: str) -> bytes | None:
+        raw = _get_from_store(self._table, account_partition(account_id, self._partitions), account_id.encode())
+        return None if raw is None else json_of(raw)
+
+    def _segment_json(self, account_id: str, number: int) -> bytes:
+        return json_of(self.stored_segment(account_id, number))
+
+    def _stored_timings(self, partition: int) -> Iterator[Timing]:
+        return (AccountState.timing_of(raw) for _, raw in _stored_in(self._table, partition, self._partitions))
+
+    @property
+    def cached(self) -> int:
+        return int(self.native.cached)
+
+    @property
+    def held_in_memory(self) -> int:
+        return int(self.native.held()[0])
+
+    @property
+    def held_in_segments(self) -> int:
+        return int(self.native.held()[1])
+
+    @property
+    def changed(self) -> int:
+        return int(self.native.changed)
+
+    @property
+    def unwritten(self) -> int:
+        return int(self.native.unwritten)
+
+    def take_changes(self) -> list[StateChange]:
+        """As AccountStates.take_changes."""
+        changes: list[StateChange] = []
+        for partition, key, encoded in self.native.take_changes(self._max_cached):
+            value = None if encoded is None else stored_form(encoded)
+            if value is not None and is_held_segment_key(key):
+                self._unstored[key] = value
+            changes.append((partition, key, value))
+        return changes
+
+    def forget(self) -> None:
+        super().forget()
+        self.native.forget()

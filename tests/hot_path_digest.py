@@ -1,13 +1,15 @@
 """Runs processors/ over a fixed simulated stream and prints a digest of everything it
 derives: routing (rejections, waiting keys, forwarded bytes), folding (applied events,
-duplicates, stage transitions), held events in stored segments, and every account's
-stored state at each checkpoint.
+duplicates, stage transitions, accounts' rows), held events in stored segments, and every
+changed account's stored state at each checkpoint (streams.folding: natively where
+native code is built).
 
 ``--pure`` imports processors/ from its sources, past the compiled extensions
 (setup.py): tests/unit/test_compiled.py compares both runs, so the interpreted code a
 machine without a C compiler runs (ABM_PURE_PYTHON=1) derives exactly what CI's
-compiled code does. ``--no-native`` runs without the native fast path (abm_native):
-tests/unit/test_fast_path.py compares that run with the default one. Forwarded
+compiled code does. ``--no-native`` runs without native code (abm_native: routing's fast
+path, the directory, the fold): tests/unit/test_fast_path.py compares that run with the
+default one. Forwarded
 messages count as the events they decode to: the fast path writes other bytes for them.
 """
 
@@ -93,12 +95,19 @@ def other_time_form(rng: random.Random, iso: str) -> str | int:
     return at.strftime("%Y%m%dT%H%M%S.%fZ")  # ISO's basic format
 
 
+class MemoryTable:
+    """Faust's memory store, as streams.state reads and writes it."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+
 def digest(events: int) -> dict[str, Any]:
     from processors.dedup import DedupPolicy
-    from processors.identity import account_directory, account_partition
-    from processors.routing import forwarded_events, forwarded_messages, route_batch
-    from processors.scoring import AccountState, held_events_of
-    from processors.watermarks import FallbackSchedule, fold_messages
+    from processors.identity import account_directory
+    from processors.routing import forwarded_messages, route_batch
+    from processors.scoring import json_of
+    from streams.folding import FoldRules, folding
     from streams.rules import load_rules
     from streams.simulator import AccountUniverse
 
@@ -107,22 +116,12 @@ def digest(events: int) -> dict[str, Any]:
     directory = account_directory(max_contacts=10_000)
     for account in AccountUniverse.build(42, 60).accounts[:45]:  # the rest wait
         directory.learn_account(account.account_id, [account.domain])
-    states: dict[str, AccountState] = {}
-    segments: dict[tuple[str, int], bytes] = {}
-    schedule = FallbackSchedule(PARTITIONS, LATENESS_MS, capacity=1_000)
-    schedule.reset(set(range(PARTITIONS)), {p: -1 for p in range(PARTITIONS)})
+    table = MemoryTable()
+    folds = folding(table, None, PARTITIONS, 10_000, 1 << 30, FoldRules(config, rules, dedup, MAX_HELD, LATENESS_MS, 1_000))
+    folds.reset(range(PARTITIONS), {p: -1 for p in range(PARTITIONS)})
     offsets = dict.fromkeys(range(PARTITIONS), 0)
     sha = hashlib.sha256()
     counts = {"applied": 0, "duplicates": 0, "transitions": 0, "rejected": 0, "unresolved": 0, "segments": 0}
-
-    def state_for(account_id: str) -> AccountState:
-        state = states.get(account_id)
-        if state is None:
-            state = states[account_id] = AccountState(account_id)
-        return state
-
-    def stored_held(account_id: str, number: int) -> list[dict[str, Any]]:
-        return held_events_of(segments.pop((account_id, number)))
 
     raw = raw_stream(events)
     for start in range(0, len(raw), BATCH):
@@ -139,33 +138,25 @@ def digest(events: int) -> dict[str, Any]:
         for partition in sorted(routed.by_partition):
             for message in forwarded_messages(routed.by_partition[partition], max_events=100):
                 sha.update(orjson.dumps(orjson.loads(message)))
-                messages.append((partition, forwarded_events(partition, offsets[partition], message)))
+                messages.append((partition, offsets[partition], message))
                 offsets[partition] += 1
-        folded = fold_messages(
-            messages,
-            state_for,
-            lambda p: [s.timing() for a, s in states.items() if account_partition(a, PARTITIONS) == p],
-            schedule,
-            config,
-            rules,
-            dedup,
-            MAX_HELD,
-            stored_held,
-        )
-        sha.update(orjson.dumps([event["_src"] for event in folded.applied]))
+        folded = folds.fold(messages)
+        sha.update(orjson.dumps(folded.applied))
         sha.update(orjson.dumps([asdict(transition) for transition in folded.transitions]))
+        sha.update(orjson.dumps(sorted(folds.take_changed_rows(RECEIVED_AT_MS))))
         counts["applied"] += len(folded.applied)
         counts["duplicates"] += folded.duplicates
         counts["transitions"] += len(folded.transitions)
-        for account_id in sorted(states):  # a checkpoint: segments, then every state as stored
-            state = states[account_id]
-            for number, stored in state.take_held_segments():
-                segments[(account_id, number)] = stored
-                sha.update(stored)
-                counts["segments"] += 1
-            stored_state = state.to_bytes()
-            sha.update(stored_state)
-            states[account_id] = AccountState.from_bytes(stored_state)
+        # a checkpoint: segments, then every changed state as stored; then all leave memory
+        for _, key, stored in sorted(folds.states.take_changes(), key=lambda change: change[1]):
+            sha.update(key)
+            if stored is None:
+                table.data.pop(key)
+                continue
+            sha.update(json_of(stored))
+            table.data[key] = stored
+            counts["segments"] += key[:1] == b"\xff"
+        folds.states.forget()
     return {"digest": sha.hexdigest(), **counts}
 
 

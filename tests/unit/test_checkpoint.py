@@ -124,7 +124,7 @@ def protocol(
         sink,
         states,
         OffsetGuard(app),
-        lambda changed: [(state.account_id, state.events_total) for state in changed],
+        lambda: [(state.account_id, state.events_total) for state in states.take_changed()],
         lambda tp: f"{tp[0]} at journal entry {len(journal)}",  # tells when it was asked for
         max_rows=1_000,
         interval_s=interval_s,  # 0: always due, and a due one always waits for the one in flight

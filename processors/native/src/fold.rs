@@ -6,16 +6,16 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyIterator};
-use std::collections::hash_map::Entry;
+use pyo3::types::{PyBytes, PyDict, PyIterator, PyTuple};
+use indexmap::IndexMap;
 use std::collections::{HashMap, HashSet};
 
 use crate::dedup::{event_key, forget_old, must_prune, next_prune_size, DedupPolicy};
 use crate::directory::account_partition;
 use crate::forwarded::{events_of, Member, ACCOUNT_ID};
-use crate::scoring::{apply_event, ScoringConfig};
+use crate::scoring::{apply_event, engaged_contacts, rolling_counts, score_at, ScoringConfig, DAY_MS};
 use crate::stages::{fall_back_until, may_move_up, note_signals, restage, StageRules, StageTransition};
-use crate::state::{held_events_of, AccountState, AppliedEvent, Timing};
+use crate::state::{held_events_of, write_events, AccountState, AppliedEvent, Timing, STAGES};
 use crate::schedule::FallbackSchedule;
 
 fn invalid(what: String) -> PyErr {
@@ -32,8 +32,10 @@ struct Rules {
 
 /// The account states in memory, read from the store (through Python) on first use.
 struct States {
-    cached: HashMap<String, AccountState>,
-    changed: HashSet<String>,
+    cached: IndexMap<String, AccountState>, // in the order first read: the oldest leave memory first
+    changed: HashSet<String>,               // since their rows were last taken
+    unwritten: HashSet<String>,             // rows taken since, bytes not yet
+    releasing: HashMap<String, Vec<i64>>,   // released segments the states as last written list: to be deleted next
     load: PyObject,          // account id -> its stored state's JSON, or None
     stored_held: PyObject,   // (account id, segment number) -> the segment's JSON
     stored_timings: PyObject, // partition -> the timings of its stored states
@@ -46,8 +48,8 @@ impl States {
             self.changed.insert(account_id.to_owned());
         }
         match self.cached.entry(account_id.to_owned()) {
-            Entry::Occupied(known) => Ok(known.into_mut()),
-            Entry::Vacant(new) => {
+            indexmap::map::Entry::Occupied(known) => Ok(known.into_mut()),
+            indexmap::map::Entry::Vacant(new) => {
                 let stored = self.load.call1(py, (account_id,))?;
                 let state = if stored.is_none(py) {
                     AccountState::new(account_id)
@@ -242,6 +244,79 @@ impl Fold {
     }
 }
 
+/// processors.scoring.held_segment_key.
+fn held_segment_key(account_id: &str, number: i64) -> Vec<u8> {
+    let mut key = format!("\u{0}{number}:{account_id}").into_bytes();
+    key[0] = 0xff;
+    key
+}
+
+/// A held segment is at most this much JSON (processors.scoring.SEGMENT_MAX_BYTES).
+const SEGMENT_MAX_BYTES: usize = 1024 * 1024;
+
+/// Moves the held events in memory to new segments (AccountState.take_held_segments):
+/// each segment's number and JSON.
+fn take_held_segments(state: &mut AccountState) -> Vec<(i64, Vec<u8>)> {
+    let held = std::mem::take(&mut state.held);
+    let mut segments = Vec::new();
+    within(&held, SEGMENT_MAX_BYTES, &mut |events, encoded| {
+        state.held_segments.push([events[0].occurred_at_ms, state.next_segment, events.len() as i64]);
+        segments.push((state.next_segment, encoded));
+        state.next_segment += 1;
+    });
+    segments
+}
+
+/// The events as JSON arrays of at most ``max_bytes`` (a larger event goes alone), split
+/// in halves as processors.chunks.json_arrays splits them.
+fn within(events: &[AppliedEvent], max_bytes: usize, segment: &mut impl FnMut(&[AppliedEvent], Vec<u8>)) {
+    if events.is_empty() {
+        return;
+    }
+    let mut encoded = Vec::new();
+    write_events(events, &mut encoded);
+    if encoded.len() <= max_bytes || events.len() == 1 {
+        segment(events, encoded);
+        return;
+    }
+    let (first, second) = events.split_at(events.len() / 2);
+    within(first, max_bytes, segment);
+    within(second, max_bytes, segment);
+}
+
+/// streams.rows.account_row.
+fn account_row<'py>(py: Python<'py>, state: &AccountState, now_ms: i64, config: &ScoringConfig) -> PyResult<Bound<'py, PyTuple>> {
+    let as_of = state.as_of_ms.max(state.last_event_ms);
+    let count = |kind: &str| state.counts.get(kind).copied().unwrap_or(0);
+    let rolling = rolling_counts(state, as_of, &[7, 30, 90]);
+    let mut row: Vec<Bound<'py, PyAny>> = vec![
+        state.account_id.as_str().into_pyobject(py)?.into_any(),
+        score_at(state, as_of, config).into_pyobject(py)?.into_any(),
+        as_of.into_pyobject(py)?.into_any(),
+        STAGES[state.stage].into_pyobject(py)?.into_any(),
+        state.stage_since_ms.into_pyobject(py)?.into_any(),
+        state.events_total.into_pyobject(py)?.into_any(),
+    ];
+    for kind in ["email_open", "email_click", "page_view", "webinar_signup"] {
+        row.push(count(kind).into_pyobject(py)?.into_any());
+    }
+    row.push(engaged_contacts(state, as_of, 90 * DAY_MS).into_pyobject(py)?.into_any());
+    row.push(state.first_event_ms.into_pyobject(py)?.into_any());
+    row.push(state.last_event_ms.into_pyobject(py)?.into_any());
+    row.push(now_ms.into_pyobject(py)?.into_any());
+    row.push(state.events_total.into_pyobject(py)?.into_any());
+    row.push(engaged_contacts(state, as_of, 30 * DAY_MS).into_pyobject(py)?.into_any());
+    for counts in rolling {
+        let dict = PyDict::new(py);
+        for (kind, n) in counts {
+            dict.set_item(kind, n)?;
+        }
+        row.push(dict.into_any());
+    }
+    row.push(state.stage_reason.as_str().into_pyobject(py)?.into_any());
+    PyTuple::new(py, row)
+}
+
 type TransitionTuple = (String, &'static str, &'static str, i64, f64, String, String);
 
 fn as_tuple(t: StageTransition) -> TransitionTuple {
@@ -294,7 +369,7 @@ impl Fold {
         Ok(Fold {
             rules: Rules { config, stages, dedup, max_held },
             partitions,
-            states: States { cached: HashMap::new(), changed: HashSet::new(), load, stored_held, stored_timings },
+            states: States { cached: IndexMap::new(), changed: HashSet::new(), unwritten: HashSet::new(), releasing: HashMap::new(), load, stored_held, stored_timings },
             schedule: FallbackSchedule::new(lateness_ms, capacity),
         })
     }
@@ -309,6 +384,106 @@ impl Fold {
             self.fold_message(py, *partition, *offset, message.as_bytes(), &mut folded)?;
         }
         Ok((folded.applied, folded.transitions.into_iter().map(as_tuple).collect(), folded.duplicates, folded.replayed))
+    }
+
+    /// Settles the accounts the watermarks have passed, in every partition: what became
+    /// due before a start or a rebalance (FallbackSchedule.settle_due).
+    fn settle_all(&mut self, py: Python<'_>) -> PyResult<Vec<TransitionTuple>> {
+        let mut transitions = Vec::new();
+        let partitions: Vec<u32> = self.schedule.by_partition.keys().copied().collect();
+        for partition in partitions {
+            self.settle_due(py, partition, &mut transitions)?;
+        }
+        Ok(transitions.into_iter().map(as_tuple).collect())
+    }
+
+    /// The rows (streams.rows.account_row) of the states changed since the last call that
+    /// have an event applied; they stay unwritten until ``take_changes``.
+    fn take_changed_rows<'py>(&mut self, py: Python<'py>, now_ms: i64) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        let mut rows = Vec::new();
+        for account_id in self.states.changed.drain() {
+            let state = &self.states.cached[&account_id];
+            if state.last_event_ms != 0 {
+                rows.push(account_row(py, state, now_ms, &self.rules.config)?);
+            }
+            self.states.unwritten.insert(account_id);
+        }
+        Ok(rows)
+    }
+
+    /// The unwritten states as they are now, as AccountStates.take_changes gives them
+    /// (partition, key, JSON or None: delete), after the written states past
+    /// ``max_cached`` left memory.
+    #[allow(clippy::type_complexity)]
+    fn take_changes<'py>(&mut self, py: Python<'py>, max_cached: usize) -> Vec<(u32, Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>)> {
+        let states = &mut self.states;
+        let mut unwritten: HashSet<String> = states.unwritten.drain().collect();
+        unwritten.extend(states.changed.iter().cloned());
+        unwritten.extend(states.releasing.keys().cloned());
+        let excess = states.cached.len().saturating_sub(max_cached);
+        if excess > 0 {
+            let evicted: HashSet<String> = states.cached.keys().filter(|a| !unwritten.contains(*a)).take(excess).cloned().collect();
+            states.cached.retain(|account_id, _| !evicted.contains(account_id));
+        }
+        let mut changes = Vec::new();
+        for account_id in &unwritten {
+            let state = states.cached.get_mut(account_id).expect("an unwritten state stays in memory");
+            let partition = account_partition(account_id, self.partitions);
+            let deleted = states.releasing.remove(account_id).unwrap_or_default();
+            for number in &deleted {
+                changes.push((partition, PyBytes::new(py, &held_segment_key(account_id, *number)), None));
+            }
+            state.released_segments.retain(|number| !deleted.contains(number));
+            for (number, segment) in take_held_segments(state) {
+                changes.push((partition, PyBytes::new(py, &held_segment_key(account_id, number)), Some(PyBytes::new(py, &segment))));
+            }
+            changes.push((partition, PyBytes::new(py, account_id.as_bytes()), Some(PyBytes::new(py, &state.to_json()))));
+        }
+        states.releasing = unwritten.into_iter().filter_map(|a| Some((a.clone(), states.cached[&a].released_segments.clone())).filter(|(_, r)| !r.is_empty())).collect();
+        changes
+    }
+
+    /// Drops the states in memory: after a revocation the table is the truth again.
+    fn forget(&mut self) {
+        let states = &mut self.states;
+        states.cached.clear();
+        states.changed.clear();
+        states.unwritten.clear();
+        states.releasing.clear();
+    }
+
+    /// States in memory.
+    #[getter]
+    fn cached(&self) -> usize {
+        self.states.cached.len()
+    }
+
+    /// Accounts changed since the last ``take_changed_rows``.
+    #[getter]
+    fn changed(&self) -> usize {
+        self.states.changed.len()
+    }
+
+    /// Accounts changed since the last ``take_changes``.
+    #[getter]
+    fn unwritten(&self) -> usize {
+        let states = &self.states;
+        let mut all: HashSet<&String> = states.unwritten.iter().collect();
+        all.extend(states.changed.iter());
+        all.extend(states.releasing.keys());
+        all.len()
+    }
+
+    /// Events held for the watermark in memory, and in written segments.
+    fn held(&self) -> (i64, i64) {
+        let in_memory: i64 = self.states.cached.values().map(|s| s.held.len() as i64).sum();
+        let all: i64 = self.states.cached.values().map(AccountState::held_count).sum();
+        (in_memory, all - in_memory)
+    }
+
+    /// The latest event time of the partition's messages so far; -1: none.
+    fn latest(&self, partition: u32) -> i64 {
+        self.schedule.by_partition.get(&partition).map_or(-1, |held| held.latest)
     }
 
     /// The JSON of the account's state in memory (AccountState.to_bytes, uncompressed),

@@ -2,6 +2,7 @@
 //! reasons for each rule): the time-decayed score, capped days, counts, engaged contacts,
 //! pruned by event time.
 
+use indexmap::IndexMap;
 use std::collections::{HashMap, HashSet};
 
 use crate::forwarded::Member;
@@ -36,6 +37,36 @@ pub(crate) fn score_at(state: &AccountState, at_ms: i64, config: &ScoringConfig)
 pub(crate) fn engaged_contacts(state: &AccountState, at_ms: i64, window_ms: i64) -> usize {
     let since = at_ms - window_ms;
     state.contacts.values().filter(|last| since <= **last && **last <= at_ms).count()
+}
+
+/// Events per type over each window of UTC days ending with ``at_ms``'s day (in the
+/// order given): processors.scoring.rolling_counts.
+pub(crate) fn rolling_counts(state: &AccountState, at_ms: i64, windows_days: &[i64]) -> Vec<IndexMap<String, i64>> {
+    let today = at_ms.div_euclid(DAY_MS);
+    let mut widths: Vec<i64> = windows_days.to_vec();
+    widths.sort_unstable();
+    widths.dedup();
+    let widest = *widths.last().expect("a window");
+    let mut narrowest: Vec<IndexMap<&str, i64>> = vec![IndexMap::new(); widths.len()];
+    for (day, counts) in &state.daily {
+        let age = today - day;
+        if age < 0 || age >= widest {
+            continue;
+        }
+        let bucket = &mut narrowest[widths.partition_point(|width| *width <= age)];
+        for (kind, n) in counts {
+            *bucket.entry(kind.as_str()).or_insert(0) += n;
+        }
+    }
+    let mut by_width: HashMap<i64, IndexMap<String, i64>> = HashMap::new();
+    let mut running: IndexMap<String, i64> = IndexMap::new();
+    for (width, bucket) in widths.iter().zip(narrowest) {
+        for (kind, n) in bucket {
+            *running.entry(kind.to_owned()).or_insert(0) += n;
+        }
+        by_width.insert(*width, running.clone());
+    }
+    windows_days.iter().map(|width| by_width[width].clone()).collect()
 }
 
 fn event_weight(event: &AppliedEvent, config: &ScoringConfig) -> Result<f64, String> {
@@ -145,7 +176,7 @@ fn day_of_capped(key: &str) -> i64 {
 
 /// Once an eighth more than ``keep`` have come, forgets the earliest entries in ``order``
 /// (ties: by key) down to ``keep``.
-fn bound<V>(memories: &mut indexmap::IndexMap<String, V>, keep: usize, order: impl Fn(&str, &V) -> (i64, String)) {
+fn bound<V>(memories: &mut IndexMap<String, V>, keep: usize, order: impl Fn(&str, &V) -> (i64, String)) {
     if memories.len() > keep + keep / 8 {
         let mut ordered: Vec<(i64, String)> = memories.iter().map(|(key, value)| order(key, value)).collect();
         ordered.sort_unstable();
