@@ -1,6 +1,7 @@
 //! De-duplication by (source, event id) over an event-time horizon, as processors.dedup
 //! defines it: the same digests, the same pruning, the same bytes in a state.
 
+use pyo3::FromPyObject;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use std::collections::HashMap;
@@ -8,7 +9,8 @@ use std::collections::HashMap;
 const MIN_PRUNE_SIZE: usize = 1024;
 const MIN_MERGE_SIZE: usize = 256;
 
-#[derive(Clone, Copy)]
+/// processors.dedup.DedupPolicy.
+#[derive(Clone, Copy, FromPyObject)]
 pub(crate) struct DedupPolicy {
     pub(crate) horizon_ms: i64,
     pub(crate) max_ids: usize,

@@ -334,9 +334,9 @@ impl Fold {
     #[pyo3(signature = (config, rules, dedup, max_held, partitions, lateness_ms, capacity, load, stored_held, stored_timings))]
     #[allow(clippy::too_many_arguments)]
     fn new(
-        config: &Bound<'_, PyAny>,
-        rules: &Bound<'_, PyAny>,
-        dedup: &Bound<'_, PyAny>,
+        config: ScoringConfig,
+        rules: StageRules,
+        dedup: DedupPolicy,
         max_held: usize,
         partitions: u32,
         lateness_ms: i64,
@@ -344,34 +344,13 @@ impl Fold {
         load: PyObject,
         stored_held: PyObject,
         stored_timings: PyObject,
-    ) -> PyResult<Self> {
-        let config = ScoringConfig {
-            weights: config.getattr("weights")?.extract()?,
-            daily_caps: config.getattr("daily_caps")?.extract()?,
-            seniority: config.getattr("seniority")?.extract()?,
-            half_life_ms: config.getattr("half_life_ms")?.extract()?,
-            cap_memory_ms: config.getattr("cap_memory_ms")?.extract()?,
-            max_contacts: config.getattr("max_contacts")?.extract()?,
-        };
-        let stages = StageRules {
-            awareness_window_ms: rules.getattr("awareness_window_ms")?.extract()?,
-            consideration_min_score: rules.getattr("consideration_min_score")?.extract()?,
-            consideration_min_contacts: rules.getattr("consideration_min_contacts")?.extract()?,
-            contacts_window_ms: rules.getattr("contacts_window_ms")?.extract()?,
-            decision_intent_window_ms: rules.getattr("decision_intent_window_ms")?.extract()?,
-            intent_event_types: rules.getattr("intent_event_types")?.extract()?,
-            intent_url_patterns: rules.getattr("intent_url_patterns")?.extract()?,
-            intent_form_keywords: rules.getattr("intent_form_keywords")?.extract()?,
-            open_opportunity_decides: rules.getattr("open_opportunity_decides")?.extract()?,
-            dwell_ms: rules.getattr("dwell_ms")?.extract()?,
-        };
-        let dedup = DedupPolicy { horizon_ms: dedup.getattr("horizon_ms")?.extract()?, max_ids: dedup.getattr("max_ids")?.extract()? };
-        Ok(Fold {
-            rules: Rules { config, stages, dedup, max_held },
+    ) -> Self {
+        Fold {
+            rules: Rules { config, stages: rules, dedup, max_held },
             partitions,
             states: States { cached: IndexMap::new(), changed: HashSet::new(), unwritten: HashSet::new(), releasing: HashMap::new(), load, stored_held, stored_timings },
             schedule: FallbackSchedule::new(lateness_ms, capacity),
-        })
+        }
     }
 
     /// Folds forwarded messages, [(partition, offset, message)], in order: the positions
@@ -437,7 +416,7 @@ impl Fold {
             for (number, segment) in take_held_segments(state) {
                 changes.push((partition, PyBytes::new(py, &held_segment_key(account_id, number)), Some(PyBytes::new(py, &segment))));
             }
-            changes.push((partition, PyBytes::new(py, account_id.as_bytes()), Some(PyBytes::new(py, &state.to_json()))));
+            changes.push((partition, PyBytes::new(py, account_id.as_bytes()), Some(PyBytes::new(py, &state.stored_json()))));
         }
         states.releasing = unwritten.into_iter().filter_map(|a| Some((a.clone(), states.cached[&a].released_segments.clone())).filter(|(_, r)| !r.is_empty())).collect();
         changes
@@ -489,7 +468,7 @@ impl Fold {
     /// The JSON of the account's state in memory (AccountState.to_bytes, uncompressed),
     /// or None.
     fn state_json<'py>(&mut self, py: Python<'py>, account_id: &str) -> Option<Bound<'py, PyBytes>> {
-        self.states.cached.get_mut(account_id).map(|state| PyBytes::new(py, &state.to_json()))
+        self.states.cached.get_mut(account_id).map(|state| PyBytes::new(py, &state.stored_json()))
     }
 
     /// The accounts whose states are in memory.

@@ -22,16 +22,12 @@ pub(crate) const URL: usize = 7;
 pub(crate) const SENIORITY: usize = 9;
 
 /// A member as a dict has it: missing, null, or a value.
+#[derive(Default)]
 pub(crate) enum Member<T> {
+    #[default]
     Missing,
     Null,
     Value(T),
-}
-
-impl<T> Default for Member<T> {
-    fn default() -> Self {
-        Member::Missing
-    }
 }
 
 impl<T> Member<T> {

@@ -2,6 +2,7 @@
 //! reasons for each rule): the time-decayed score, capped days, counts, engaged contacts,
 //! pruned by event time.
 
+use pyo3::FromPyObject;
 use indexmap::IndexMap;
 use std::collections::{HashMap, HashSet};
 
@@ -14,6 +15,7 @@ const RETENTION_DAYS: i64 = 90;
 const MAX_CONTACT_KEY_CHARS: usize = 64;
 
 /// processors.scoring.ScoringConfig.
+#[derive(FromPyObject)]
 pub(crate) struct ScoringConfig {
     pub(crate) weights: HashMap<String, f64>,
     pub(crate) daily_caps: HashMap<String, usize>,

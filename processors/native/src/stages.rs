@@ -1,6 +1,7 @@
 //! Funnel stages as processors.stages defines them (the definition, with the reasons):
 //! the account's signals, when each stage's condition lapses, moves and fall-backs.
 
+use pyo3::FromPyObject;
 use std::collections::HashSet;
 
 use crate::json::Json;
@@ -8,6 +9,7 @@ use crate::scoring::{engaged_contacts, score_at, ScoringConfig, DAY_MS};
 use crate::state::{AccountState, AppliedEvent, AWARENESS, CONSIDERATION, CUSTOMER, DECISION, STAGES, TARGET};
 
 /// processors.stages.StageRules.
+#[derive(FromPyObject)]
 pub(crate) struct StageRules {
     pub(crate) awareness_window_ms: i64,
     pub(crate) consideration_min_score: f64,

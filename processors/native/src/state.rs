@@ -108,7 +108,7 @@ impl AppliedEvent {
 
 fn write_text_member(name: &str, member: &Member<String>, out: &mut Vec<u8>) {
     match member {
-        Member::Missing => return,
+        Member::Missing => {}
         Member::Null => {
             let _ = write!(out, ",\"{name}\":null");
         }
@@ -174,7 +174,7 @@ impl AccountState {
     }
 
     /// AccountState.to_bytes, uncompressed.
-    pub(crate) fn to_json(&mut self) -> Vec<u8> {
+    pub(crate) fn stored_json(&mut self) -> Vec<u8> {
         let mut out = Vec::with_capacity(1024);
         out.extend_from_slice(b"{\"account_id\":");
         write_string(&self.account_id, &mut out);
