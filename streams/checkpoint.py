@@ -179,6 +179,8 @@ class Checkpoint:
         )
 
     def due(self) -> bool:
+        if self._states.over_cache:  # memory holds no more unwritten states
+            return True
         if self._has_work():
             return self._sink.pending_rows >= self._max_rows or time.monotonic() - self._started_at >= self._interval_s
         return self._owes_states() and time.monotonic() - self._started_at >= self._interval_s
@@ -204,10 +206,17 @@ class Checkpoint:
 
     def _backlog_may_go_on(self) -> bool:
         """Due by its rows (events come faster than checkpoints take them: a backlog), with
-        less than a second checkpoint's worth pending. Live traffic, due by the time, still
+        less than a second checkpoint's worth pending, and no more unwritten states than
+        the cache holds: going on, a backlog of new accounts (one event each) filled
+        memory with ~50k unwritten states past it (~2.4 KiB each), over 1 GiB at the
+        peak of a million accounts. Live traffic, due by the time, still
         waits: bigger checkpoints delayed its rows (p99 1.97 s from receipt to ClickHouse
         at 12.9k events/s, against ~1.5 s)."""
-        return self._max_rows <= self._sink.pending_rows < 2 * self._max_rows and time.monotonic() - self._started_at < 2 * self._interval_s
+        return (
+            self._max_rows <= self._sink.pending_rows < 2 * self._max_rows
+            and time.monotonic() - self._started_at < 2 * self._interval_s
+            and not self._states.over_cache
+        )
 
     async def _in_flight_ended_unless_handing_over(self) -> bool:
         task = self._in_flight

@@ -493,6 +493,32 @@ def test_events_waiting_for_their_states_are_admitted_again_after_an_abandon(sto
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
+def test_agents_wait_for_the_checkpoint_in_flight_once_more_states_wait_than_the_cache_holds(store):
+    """A backlog may go past a checkpoint due by its rows, but not past the state cache:
+    the next checkpoint, with the states, starts once the one in flight has ended."""
+
+    async def scenario() -> None:
+        checkpoint, states, sink, kafka, journal = protocol(store, interval_s=3600, state_interval_s=3600, max_cached=3)
+        async with checkpoint.lock:
+            consume(checkpoint, states, sink, range(0, 1_000), account="a")
+            await checkpoint.commit_if_due()  # in flight, without the states: its flush waits
+        await until(lambda: "inserted account_scores,handled" in journal)
+        async with checkpoint.lock:
+            for n, account in enumerate(("b", "c", "d")):
+                consume(checkpoint, states, sink, range(1_000 + 100 * n, 1_100 + 100 * n), account=account)
+            assert states.over_cache and sink.pending_rows < 2_000
+            second = asyncio.create_task(checkpoint.commit_if_due())
+            await asyncio.sleep(0.05)
+            assert not second.done()  # not going on: the states wait to be written
+            kafka.flushes.set()
+            await second
+            await checkpoint._finish_in_flight()
+        assert sorted(key for key, _ in kafka.changelog) == [b"a", b"b", b"c", b"d"]
+        assert kafka.commits[-1] == {TP: 1_300}
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
 def test_states_are_written_once_more_of_them_wait_than_the_cache_holds(store):
     async def scenario() -> None:
         checkpoint, states, sink, kafka, journal = protocol(store, state_interval_s=3600, max_cached=3)
