@@ -231,15 +231,22 @@ COMPRESSION_LEVEL: Final = 1
 _ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"  # never the start of JSON
 
 
-def stored_form(encoded: bytes) -> bytes:
-    """The bytes kept for a state or segment until its checkpoint is durable. orjson (3.12
-    on) hands back its write buffer, at least 4 KiB and grown by doubling, unshrunk: a
-    700-byte state held 8-16 KiB of heap (~240 MiB for the ~16k states of one checkpoint,
-    the worker's peak RSS). So plain JSON is copied to an allocation of its own length
-    (~0.2 us)."""
+def stored_json(encoded: bytes) -> bytes:
+    """A state's or segment's JSON as the store keeps it: compressed from
+    COMPRESSED_FROM_BYTES on."""
     if len(encoded) >= COMPRESSED_FROM_BYTES:
         return zstd.compress(encoded, COMPRESSION_LEVEL)
-    return bytes(memoryview(encoded))
+    return encoded
+
+
+def stored_form(encoded: bytes) -> bytes:
+    """stored_json of orjson's output, as kept until its checkpoint is durable. orjson
+    (3.12 on) hands back its write buffer, at least 4 KiB and grown by doubling,
+    unshrunk: a 700-byte state held 8-16 KiB of heap (~240 MiB for the ~16k states of one
+    checkpoint, the worker's peak RSS). So plain JSON is copied to an allocation of its
+    own length (~0.2 us)."""
+    stored = stored_json(encoded)
+    return bytes(memoryview(encoded)) if stored is encoded else stored
 
 
 def json_of(raw: bytes) -> bytes:

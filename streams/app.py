@@ -370,10 +370,11 @@ def build_pipeline(settings: Settings, client: Client, app: PulseApp | None = No
     lag = LagSnapshot()
     def state_sizes() -> dict[str, int]:
         recovery = app.tables.recovery
+        held_in_memory, held_in_segments = states.held
         return {
             "account_states_in_memory": states.cached,
-            "held_events_in_memory": states.held_in_memory,
-            "held_events_in_segments": states.held_in_segments,
+            "held_events_in_memory": held_in_memory,
+            "held_events_in_segments": held_in_segments,
             "directory_domains": directory.domains,
             "directory_contacts": directory.contacts,
             "waiting_keys": len(waiting),

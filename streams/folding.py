@@ -125,14 +125,20 @@ class NativeFolding:
         return rows
 
 
-def folding(table: Any, changelog: Any, partitions: int, max_cached: int, max_bytes: int, rules: FoldRules) -> Folding:
-    """The native folding where native code is built, else the interpreted one."""
-    if native is None:
-        return InterpretedFolding(AccountStates(table, changelog, partitions, max_cached, max_bytes), partitions, rules)
+def interpreted_folding(table: Any, changelog: Any, partitions: int, max_cached: int, max_bytes: int, rules: FoldRules) -> InterpretedFolding:
+    return InterpretedFolding(AccountStates(table, changelog, partitions, max_cached, max_bytes), partitions, rules)
 
+
+def native_folding(table: Any, changelog: Any, partitions: int, max_cached: int, max_bytes: int, rules: FoldRules) -> NativeFolding:
     def make_fold(load: Any, stored_held: Any, stored_timings: Any) -> Any:
         return native.Fold(
             rules.config, rules.rules, rules.dedup, rules.max_held, partitions, rules.lateness_ms, rules.schedule_capacity, load, stored_held, stored_timings
         )
 
     return NativeFolding(NativeAccountStates(table, changelog, partitions, max_cached, max_bytes, make_fold))
+
+
+def folding(table: Any, changelog: Any, partitions: int, max_cached: int, max_bytes: int, rules: FoldRules) -> Folding:
+    """The native folding where native code is built, else the interpreted one."""
+    make = interpreted_folding if native is None else native_folding
+    return make(table, changelog, partitions, max_cached, max_bytes, rules)

@@ -26,7 +26,7 @@ from typing import Any
 from faust.types import TP
 
 from processors.identity import account_partition
-from processors.scoring import AccountState, Timing, held_events_of, held_segment_key, is_held_segment_key, json_of, stored_form
+from processors.scoring import AccountState, Timing, held_events_of, held_segment_key, is_held_segment_key, json_of, stored_json
 from streams.keyed import KeyedRecord, SentBatch, send_batches
 
 StateChange = tuple[int, bytes, bytes | None]  # partition, key, the state's or segment's bytes (None: delete)
@@ -88,6 +88,13 @@ class StoredStates(ABC):
     @abstractmethod
     def unwritten(self) -> int:
         """Accounts changed since the last ``take_changes``."""
+
+    @property
+    @abstractmethod
+    def held(self) -> tuple[int, int]:
+        """Events the states in memory hold for the watermark: (in memory, in written
+        segments). Those in memory are the ones since the last state write, and those of
+        segments read back and not yet due."""
 
     @abstractmethod
     def take_changes(self) -> list[StateChange]:
@@ -159,15 +166,9 @@ class AccountStates(StoredStates):
         return len(self._cache)
 
     @property
-    def held_in_memory(self) -> int:
-        """Events the states in memory hold for the watermark in memory, not in segments:
-        those since the last state write, and those of segments read back and not yet due."""
-        return sum(len(state.held) for state in self._cache.values())
-
-    @property
-    def held_in_segments(self) -> int:
-        """Events the states in memory hold for the watermark in written segments."""
-        return sum(state.held_count for state in self._cache.values()) - self.held_in_memory
+    def held(self) -> tuple[int, int]:
+        in_memory = sum(len(state.held) for state in self._cache.values())
+        return in_memory, sum(state.held_count for state in self._cache.values()) - in_memory
 
     def stored_held(self, account_id: str, number: int) -> list[dict[str, Any]]:
         """The events of one of the account's held segments (processors.scoring.StoredHeld)."""
@@ -332,12 +333,9 @@ class NativeAccountStates(StoredStates):
         return int(self.native.cached)
 
     @property
-    def held_in_memory(self) -> int:
-        return int(self.native.held()[0])
-
-    @property
-    def held_in_segments(self) -> int:
-        return int(self.native.held()[1])
+    def held(self) -> tuple[int, int]:
+        in_memory, in_segments = self.native.held()
+        return int(in_memory), int(in_segments)
 
     @property
     def changed(self) -> int:
@@ -351,7 +349,7 @@ class NativeAccountStates(StoredStates):
         """As AccountStates.take_changes."""
         changes: list[StateChange] = []
         for partition, key, encoded in self.native.take_changes(self._max_cached):
-            value = None if encoded is None else stored_form(encoded)
+            value = None if encoded is None else stored_json(encoded)  # native bytes are exact-size
             if value is not None and is_held_segment_key(key):
                 self._unstored[key] = value
             changes.append((partition, key, value))

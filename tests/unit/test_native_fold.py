@@ -19,9 +19,8 @@ from processors.dedup import DedupPolicy
 from processors.fast_routing import native
 from processors.identity import account_partition
 from processors.scoring import DAY_MS, AccountState, json_of
-from streams.folding import FoldRules, InterpretedFolding, NativeFolding
+from streams.folding import FoldRules, InterpretedFolding, NativeFolding, interpreted_folding, native_folding
 from streams.rules import load_rules
-from streams.state import AccountStates, NativeAccountStates
 
 pytestmark = pytest.mark.skipif(native is None, reason="native code is not built (ABM_PURE_PYTHON=1)")
 
@@ -94,23 +93,18 @@ def write(states: Any, store: StoreTable, changes: list[tuple[int, bytes, bytes 
         states._unstored.pop(key, None)
 
 
-def interpreted(store: StoreTable, rules: FoldRules, max_cached: int) -> InterpretedFolding:
-    return InterpretedFolding(AccountStates(store, None, PARTITIONS, max_cached, 1 << 30), PARTITIONS, rules)
-
-
-def native_folding(store: StoreTable, rules: FoldRules, max_cached: int) -> NativeFolding:
-    def make_fold(load: Any, stored_held: Any, stored_timings: Any) -> Any:
-        return native.Fold(
-            rules.config, rules.rules, rules.dedup, rules.max_held, PARTITIONS, rules.lateness_ms, rules.schedule_capacity, load, stored_held, stored_timings
-        )
-
-    return NativeFolding(NativeAccountStates(store, None, PARTITIONS, max_cached, 1 << 30, make_fold))
-
-
 def fold_rules(max_held: int, lateness_ms: int, capacity: int, max_contacts: int, max_ids: int, min_score: float) -> FoldRules:
     dedup = DedupPolicy(horizon_ms=2 * DAY_MS, max_ids=max_ids)
     config, rules = load_rules(None, 14 * DAY_MS, 2 * DAY_MS, max_contacts)
     return FoldRules(config, replace(rules, consideration_min_score=min_score), dedup, max_held, lateness_ms, capacity)
+
+
+def twin_foldings(stores: tuple[StoreTable, StoreTable], rules: FoldRules, max_cached: int) -> tuple[InterpretedFolding, NativeFolding]:
+    """The interpreted and the native folding, each over its own store."""
+    return (
+        interpreted_folding(stores[0], None, PARTITIONS, max_cached, 1 << 30, rules),
+        native_folding(stores[1], None, PARTITIONS, max_cached, 1 << 30, rules),
+    )
 
 
 class Twins:
@@ -118,7 +112,7 @@ class Twins:
 
     def __init__(self, rules: FoldRules, max_cached: int) -> None:
         self.stores = StoreTable(), StoreTable()
-        self.foldings = interpreted(self.stores[0], rules, max_cached), native_folding(self.stores[1], rules, max_cached)
+        self.foldings = twin_foldings(self.stores, rules, max_cached)
         for folding in self.foldings:
             folding.reset(range(PARTITIONS), {p: -1 for p in range(PARTITIONS)})
 
@@ -147,7 +141,7 @@ class Twins:
         self.same(lambda folding: folding.settle_due())
 
     def held(self) -> tuple[int, int, int]:
-        return self.same(lambda folding: (folding.states.cached, folding.states.held_in_memory, folding.states.held_in_segments))
+        return self.same(lambda folding: (folding.states.cached, folding.states.held))
 
 
 def one_account_messages(events: list[dict[str, Any]]) -> list[tuple[int, int, bytes]]:
@@ -230,7 +224,7 @@ def test_states_of_earlier_forms_load_as_the_interpreted_fold_loads_them() -> No
     rules = fold_rules(20_000, DAY_MS, 100, 20_000, 1_000, 15)
     store = StoreTable()
     store.data[b"acme"] = raw
-    folding = native_folding(store, rules, 100)
+    folding = native_folding(store, None, PARTITIONS, 100, 1 << 30, rules)
     replayed = {"event_id": "e1", "source": "sendgrid", "type": "email_open", "account_id": "acme", "occurred_at_ms": T0, "received_at_ms": T0}
     assert folding.fold([(0, 4, orjson.dumps([replayed]))]).applied == []  # read from the store, changed in nothing
     assert folding.states.native.state_json("acme") == AccountState.from_bytes(raw).to_bytes()
@@ -244,7 +238,7 @@ def test_a_state_over_the_compression_threshold_is_stored_as_the_interpreted_fol
         for i in range(6_000)
     ]
     stores = StoreTable(), StoreTable()
-    foldings = interpreted(stores[0], rules, 10), native_folding(stores[1], rules, 10)
+    foldings = twin_foldings(stores, rules, 10)
     changes = []
     for folding in foldings:
         folding.fold([(0, offset, orjson.dumps(events[offset * 500 : offset * 500 + 500])) for offset in range(12)])
@@ -255,7 +249,7 @@ def test_a_state_over_the_compression_threshold_is_stored_as_the_interpreted_fol
 
 
 def test_a_forwarded_message_that_is_not_events_is_refused_with_its_reason() -> None:
-    folding = native_folding(StoreTable(), fold_rules(0, 0, 100, 20_000, 1_000, 15), 10)
+    folding = native_folding(StoreTable(), None, PARTITIONS, 10, 1 << 30, fold_rules(0, 0, 100, 20_000, 1_000, 15))
     with pytest.raises(ValueError, match="not a JSON array of events"):
         folding.fold([(0, 0, b'{"event_id": 1}')])
     with pytest.raises(ValueError, match="no account_id"):
@@ -268,7 +262,7 @@ def test_python_general_format_of_stage_reasons() -> None:
     for value in [1, 2.5, 15, 0.0001234, 1234567.0, 999999.5, 1e-5, 123456, 0.1 + 0.2] + [rnd.uniform(0, 1e7) for _ in range(200)]:
         rules = fold_rules(0, 0, 100, 20_000, 1_000, value)
         stores = StoreTable(), StoreTable()
-        foldings = interpreted(stores[0], rules, 10), native_folding(stores[1], rules, 10)
+        foldings = twin_foldings(stores, rules, 10)
         events = [{"event_id": f"e{i}", "source": "s", "type": "meeting_booked", "account_id": "acme", "occurred_at_ms": T0 + i, "received_at_ms": T0, "contact_id": f"c{i}"} for i in range(3)]
         results = [folding.fold([(0, 0, orjson.dumps(events))]).transitions for folding in foldings]
         assert results[0] == results[1]

@@ -7,7 +7,7 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyIterator, PyTuple};
-use indexmap::IndexMap;
+use indexmap::{IndexMap, IndexSet};
 use std::collections::{HashMap, HashSet};
 
 use crate::dedup::{event_key, forget_old, must_prune, next_prune_size, DedupPolicy};
@@ -152,7 +152,7 @@ impl Fold {
     fn fold_message(&mut self, py: Python<'_>, partition: u32, offset: u64, message: &[u8], folded: &mut Folded) -> PyResult<()> {
         let events = events_of(message).map_err(invalid)?;
         let mut latest: Option<i64> = None;
-        let mut applied_accounts: Vec<String> = Vec::new();
+        let mut applied_accounts: IndexSet<String> = IndexSet::new(); // noted in the order first applied
         for (index, event) in events.into_iter().enumerate() {
             let at = event.occurred_at_ms.ok_or_else(|| invalid("a forwarded event has no occurred_at_ms".to_owned()))?;
             latest = Some(latest.map_or(at, |l| l.max(at)));
@@ -183,7 +183,7 @@ impl Fold {
             }
             folded.applied.push((partition, offset, index as u32));
             if !applied_accounts.contains(&account_id) {
-                applied_accounts.push(account_id.clone());
+                applied_accounts.insert(account_id.clone());
             }
             let max_held = self.rules.max_held;
             if max_held == 0 {

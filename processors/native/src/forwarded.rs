@@ -10,16 +10,35 @@ use std::fmt;
 
 use crate::json::{Json, Text};
 
-/// The string members read, in this order (the first nine are event rows' columns).
-pub(crate) const TEXT_MEMBERS: [&str; 10] = ["event_id", "type", "source", "account_id", "contact_id", "email", "campaign_id", "url", "content_id", "_seniority"];
+/// The string members read, by their index in ForwardedEvent::texts (the first nine are
+/// event rows' columns, in their order).
 pub(crate) const EVENT_ID: usize = 0;
 pub(crate) const TYPE: usize = 1;
 pub(crate) const SOURCE: usize = 2;
 pub(crate) const ACCOUNT_ID: usize = 3;
 pub(crate) const CONTACT_ID: usize = 4;
 pub(crate) const EMAIL: usize = 5;
+const CAMPAIGN_ID: usize = 6;
 pub(crate) const URL: usize = 7;
+const CONTENT_ID: usize = 8;
 pub(crate) const SENIORITY: usize = 9;
+const TEXT_MEMBERS: usize = 10;
+
+fn text_member(name: &str) -> Option<usize> {
+    Some(match name {
+        "event_id" => EVENT_ID,
+        "type" => TYPE,
+        "source" => SOURCE,
+        "account_id" => ACCOUNT_ID,
+        "contact_id" => CONTACT_ID,
+        "email" => EMAIL,
+        "campaign_id" => CAMPAIGN_ID,
+        "url" => URL,
+        "content_id" => CONTENT_ID,
+        "_seniority" => SENIORITY,
+        _ => return None,
+    })
+}
 
 /// A member as a dict has it: missing, null, or a value.
 #[derive(Default)]
@@ -50,7 +69,7 @@ pub(crate) type Origin<'a> = (Cow<'a, str>, i64, i64);
 /// wins, as in the dict Python decodes); the others are skipped.
 #[derive(Default)]
 pub(crate) struct ForwardedEvent<'a> {
-    pub(crate) texts: [Member<Cow<'a, str>>; 10],
+    pub(crate) texts: [Member<Cow<'a, str>>; TEXT_MEMBERS],
     pub(crate) occurred_at_ms: Option<i64>,
     pub(crate) received_at_ms: Option<i64>,
     pub(crate) properties: Member<Json<'a>>,
@@ -75,7 +94,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for ForwardedEvent<'a> {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut event = ForwardedEvent::default();
                 while let Some(Text(name)) = map.next_key()? {
-                    if let Some(member) = TEXT_MEMBERS.iter().position(|m| *m == name) {
+                    if let Some(member) = text_member(&name) {
                         event.texts[member] = Member::read(&mut map, |Text(text): Text<'de>| text)?;
                         continue;
                     }

@@ -14,7 +14,7 @@ use pyo3::types::{PyBytes, PyDict};
 use crate::forwarded::{events_of, ForwardedEvent, Member};
 use crate::json::{write_json, Json};
 
-/// The string columns of events_claimed: forwarded::TEXT_MEMBERS's first ones.
+/// The string columns of events_claimed: forwarded's first text members.
 const EVENT_ROW_TEXTS: usize = 9;
 
 /// Position of an event: (by-account partition, offset of its message, index in it).
