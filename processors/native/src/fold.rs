@@ -47,18 +47,16 @@ impl States {
         if !self.changed.contains(account_id) {
             self.changed.insert(account_id.to_owned());
         }
-        match self.cached.entry(account_id.to_owned()) {
-            indexmap::map::Entry::Occupied(known) => Ok(known.into_mut()),
-            indexmap::map::Entry::Vacant(new) => {
-                let stored = self.load.call1(py, (account_id,))?;
-                let state = if stored.is_none(py) {
-                    AccountState::new(account_id)
-                } else {
-                    AccountState::from_json(stored.downcast_bound::<PyBytes>(py)?.as_bytes()).map_err(invalid)?
-                };
-                Ok(new.insert(state))
-            }
+        if let Some(index) = self.cached.get_index_of(account_id) {
+            return Ok(&mut self.cached[index]);
         }
+        let stored = self.load.call1(py, (account_id,))?;
+        let state = if stored.is_none(py) {
+            AccountState::new(account_id)
+        } else {
+            AccountState::from_json(stored.downcast_bound::<PyBytes>(py)?.as_bytes()).map_err(invalid)?
+        };
+        Ok(self.cached.entry(account_id.to_owned()).or_insert(state))
     }
 
     /// Returns the events of these segments (of ``held_segments``) to memory.
@@ -128,14 +126,26 @@ fn settle(py: Python<'_>, states: &States, state: &mut AccountState, upto_ms: i6
     Ok(())
 }
 
-/// True when this raw message reached the account before; otherwise records it.
-fn origin_absorbed(state: &mut AccountState, (topic, partition, offset): (&str, i64, i64)) -> bool {
-    let key = format!("{topic}/{partition}");
-    if offset <= state.origin_upto.get(&key).copied().unwrap_or(-1) {
-        return true;
+/// True when this raw message reached the account before; otherwise records it. ``key``
+/// is scratch space: the origin's key is only allocated the first time the account sees
+/// its raw partition.
+fn origin_absorbed(state: &mut AccountState, key: &mut String, (topic, partition, offset): (&str, i64, i64)) -> bool {
+    key.clear();
+    key.push_str(topic);
+    key.push('/');
+    key.push_str(itoa::Buffer::new().format(partition));
+    match state.origin_upto.get_mut(key.as_str()) {
+        Some(upto) if offset <= *upto => true,
+        Some(upto) => {
+            *upto = offset;
+            false
+        }
+        None if offset <= -1 => true,
+        None => {
+            state.origin_upto.insert(key.clone(), offset);
+            false
+        }
     }
-    state.origin_upto.insert(key, offset);
-    false
 }
 
 #[pyclass(module = "abm_native")]
@@ -153,17 +163,21 @@ impl Fold {
         let events = events_of(message).map_err(invalid)?;
         let mut latest: Option<i64> = None;
         let mut applied_accounts: IndexSet<String> = IndexSet::new(); // noted in the order first applied
-        for (index, event) in events.into_iter().enumerate() {
+        let mut origin_key = String::new();
+        for (index, mut event) in events.into_iter().enumerate() {
             let at = event.occurred_at_ms.ok_or_else(|| invalid("a forwarded event has no occurred_at_ms".to_owned()))?;
             latest = Some(latest.map_or(at, |l| l.max(at)));
-            let account_id = event.text(ACCOUNT_ID).ok_or_else(|| invalid("a forwarded event has no account_id".to_owned()))?.to_owned();
-            let origin = match &event.origin {
-                Member::Value((topic, raw_partition, raw_offset)) => Some((topic.to_string(), *raw_partition, *raw_offset)),
-                _ => None, // an event re-routed after a late resolution
+            let Member::Value(account_id) = std::mem::take(&mut event.texts[ACCOUNT_ID]) else {
+                return Err(invalid("a forwarded event has no account_id".to_owned()));
             };
             let state = self.states.state_for(py, &account_id)?;
             let position = (offset as i64, index as i64);
-            if position <= state.applied_upto || origin.as_ref().is_some_and(|(t, p, o)| origin_absorbed(state, (t, *p, *o))) {
+            let replayed = position <= state.applied_upto
+                || match &event.origin {
+                    Member::Value((topic, raw_partition, raw_offset)) => origin_absorbed(state, &mut origin_key, (topic, *raw_partition, *raw_offset)),
+                    _ => false, // an event re-routed after a late resolution
+                };
+            if replayed {
                 folded.replayed += 1;
                 continue;
             }
@@ -182,8 +196,8 @@ impl Fold {
                 state.prune_ids_at = next_prune_size(state.recent_ids.len());
             }
             folded.applied.push((partition, offset, index as u32));
-            if !applied_accounts.contains(&account_id) {
-                applied_accounts.insert(account_id.clone());
+            if !applied_accounts.contains(account_id.as_ref()) {
+                applied_accounts.insert(account_id.to_string());
             }
             let max_held = self.rules.max_held;
             if max_held == 0 {
@@ -200,7 +214,7 @@ impl Fold {
                     let upto = state.held[state.held.len() - max_held - 1].occurred_at_ms;
                     settle(py, &self.states, &mut state, upto, &self.rules, &mut folded.transitions)
                 });
-                self.states.cached.insert(account_id.clone(), state);
+                self.states.cached.insert(account_id.into_owned(), state);
                 result?;
             }
         }

@@ -4,6 +4,7 @@
 
 use pyo3::FromPyObject;
 use indexmap::IndexMap;
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use crate::forwarded::Member;
@@ -91,30 +92,43 @@ fn contact_digest(contact: &str) -> String {
     format!("#{}", digest.to_hex())
 }
 
-/// Folds one event into the account's state; returns its weight.
+/// Folds one event into the account's state; returns its weight. Keys are allocated only
+/// when they are new to the state.
 pub(crate) fn apply_event(state: &mut AccountState, event: &AppliedEvent, config: &ScoringConfig) -> Result<f64, String> {
     let at = event.occurred_at_ms;
     let weight = event_weight(event, config)?;
-    let contact = event.contact().map(|c| if c.chars().count() > MAX_CONTACT_KEY_CHARS { contact_digest(c) } else { c.to_owned() });
+    let contact: Option<Cow<str>> = event.contact().map(|c| if c.chars().count() > MAX_CONTACT_KEY_CHARS { Cow::Owned(contact_digest(c)) } else { Cow::Borrowed(c) });
     let day = at.div_euclid(DAY_MS);
     if weight > 0.0 {
         match (config.daily_caps.get(&event.kind), &contact) {
-            (Some(&cap), Some(contact)) => count_capped(state, format!("{day}|{}|{contact}", event.kind), cap, at, weight, config),
+            (Some(&cap), Some(contact)) => {
+                let mut key = String::with_capacity(24 + event.kind.len() + contact.len());
+                key.push_str(itoa::Buffer::new().format(day));
+                for part in ["|", &event.kind, "|", contact] {
+                    key.push_str(part);
+                }
+                count_capped(state, key, cap, at, weight, config)
+            }
             _ => add(state, weight, at, config),
         }
         if at > state.last_engaged_ms {
             state.last_engaged_ms = at;
         }
         if let Some(contact) = contact {
-            if at > state.contacts.get(&contact).copied().unwrap_or(0) {
-                state.contacts.insert(contact, at);
+            if at > state.contacts.get(contact.as_ref()).copied().unwrap_or(0) {
+                match state.contacts.get_mut(contact.as_ref()) {
+                    Some(seen) => *seen = at,
+                    None => {
+                        state.contacts.insert(contact.into_owned(), at);
+                    }
+                }
                 bound(&mut state.contacts, config.max_contacts, |key, at| (*at, key.to_owned()));
             }
         }
     }
     state.events_total += 1;
-    *state.counts.entry(event.kind.clone()).or_insert(0) += 1;
-    *state.daily.entry(day).or_default().entry(event.kind.clone()).or_insert(0) += 1;
+    count(&mut state.counts, &event.kind);
+    count(state.daily.entry(day).or_default(), &event.kind);
     if state.first_event_ms == 0 || at < state.first_event_ms {
         state.first_event_ms = at;
     }
@@ -125,6 +139,15 @@ pub(crate) fn apply_event(state: &mut AccountState, event: &AppliedEvent, config
         }
     }
     Ok(weight)
+}
+
+fn count(counts: &mut IndexMap<String, i64>, kind: &str) {
+    match counts.get_mut(kind) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(kind.to_owned(), 1);
+        }
+    }
 }
 
 fn add(state: &mut AccountState, weight: f64, at: i64, config: &ScoringConfig) {
