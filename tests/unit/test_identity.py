@@ -126,6 +126,25 @@ def test_contacts_are_bounded_least_recent_first(kind):
     assert d.resolve({"contact_id": "c3"}).account_id == "a1"
 
 
+def test_a_contact_learned_again_is_the_most_recent(kind):
+    d = kind(max_contacts=2)
+    d.learn_contact("c1", None, "a1")
+    d.learn_contact("c2", None, "a1")
+    assert d.learn_contact("c1", None, "a1") is False  # no news, yet used now
+    d.learn_contact("c3", None, "a1")
+    assert d.resolve({"contact_id": "c2"}).account_id is None
+    assert d.resolve({"contact_id": "c1"}).account_id == "a1"
+
+
+def test_a_contacts_seniority_is_its_latest_titles(kind):
+    d = kind(max_contacts=10)
+    d.learn_contact("c1", None, "a1", "CEO")
+    d.learn_contact("c1", None, "a1", "VP Sales")
+    assert d.seniority("c1", None) == "vp"
+    d.learn_contact("c1", None, "a1")  # no title: the last one known stays
+    assert d.seniority("c1", None) == "vp"
+
+
 def test_waiting_keys_name_the_contact():
     assert waiting_keys("c1", "Bob+x@Gmail.com") == ["contact:id:c1", "contact:email:bob@gmail.com"]
     assert waiting_keys(None, "not-an-email") == []
