@@ -29,8 +29,10 @@ touched each second, serialising and storing all of them was most of a live work
 fixed cost. Step 2 is then skipped, and so are the commits of the events whose effects
 live in states (``track(..., in_state=True)``): they wait for the checkpoint that writes
 the states, as they would after a crash. States are also written when more of them wait
-than the state cache holds, when a checkpoint finds nothing newly consumed (a drained
-backlog is committed at once), and on revocation and shutdown (``commit``). After a
+than the state cache holds, when a checkpoint finds nothing newly consumed, as soon as
+a checkpoint of rows only ends with nothing consumed since its take (a drained backlog
+is committed at once, not an interval later), and on revocation and shutdown
+(``commit``). After a
 crash the events since the last state write come again: their event rows are skipped by
 the restart guard (by position), account rows and stage transitions are derived again
 exactly as they were (ReplacingMergeTree tables: one row each under FINAL). Exactly,
@@ -126,6 +128,7 @@ class Checkpoint:
         self.failure: BaseException | None = None  # set once; nothing is committed after it
         self._run_id = uuid.uuid4().hex  # this process's checkpoints: see _dedup_token
         self._in_flight: asyncio.Task[None] | None = None  # the checkpoint being made durable
+        self._drained: asyncio.Task[None] | None = None  # writes the states of a drained backlog
         self._started_at = self._states_taken_at = time.monotonic()
         self.lock = asyncio.Lock()  # agents hold it while they change pending work
         self._handing_over = asyncio.Event()  # a revocation waits for the lock: agents stop waiting
@@ -233,9 +236,26 @@ class Checkpoint:
         await self._finish_in_flight()
         if self.failure is not None:
             raise CheckpointFailed("an earlier checkpoint failed; this worker commits nothing more") from self.failure
-        batch = self._take(with_states or self._states_due())
+        states_now = with_states or self._states_due()
+        batch = self._take(states_now)
         if batch is not None:
             self._in_flight = asyncio.create_task(self._stopping_on_error(self._make_durable(batch)), name="checkpoint")
+            if not states_now:
+                self._in_flight.add_done_callback(self._write_states_if_drained)
+
+    def _write_states_if_drained(self, checkpoint: asyncio.Task[None]) -> None:
+        """A checkpoint of rows only has ended: with nothing consumed since its take, the
+        backlog is drained, and its states (and the commit of the events behind them) need
+        not wait for the next interval (~0.75-1.5 s, a tenth of a 300k backlog)."""
+        if checkpoint.cancelled() or checkpoint.exception() is not None or self.closed or self.failure is not None:
+            return
+        if not (self._pending or self._pending_in_state) and self._owes_states():
+            self._drained = asyncio.create_task(self._stopping_on_error(self._commit_drained()), name="drained checkpoint")
+
+    async def _commit_drained(self) -> None:
+        async with self.lock:
+            if not (self.closed or self._pending or self._pending_in_state) and self._owes_states():
+                await self._start(with_states=True)
 
     async def fail(self, reason: BaseException) -> None:
         """Stops the worker: work taken from memory that is not durable could otherwise be

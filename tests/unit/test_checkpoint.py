@@ -469,6 +469,41 @@ def test_between_state_writes_rows_land_and_only_events_without_state_effects_ar
     assert store.query("SELECT account_id, events FROM account_scores ORDER BY events").result_rows == [("acme", 3), ("acme", 5)]
 
 
+def test_a_drained_backlogs_states_are_written_as_soon_as_its_last_rows_are(store):
+    """Nothing consumed since a checkpoint of rows only took its batch: once it ends, the
+    states and the events behind them are made durable at once, not an interval later."""
+
+    async def scenario() -> None:
+        checkpoint, states, sink, kafka, journal = protocol(store, interval_s=3600, state_interval_s=3600)
+        kafka.flushes.set()
+        async with checkpoint.lock:
+            consume(checkpoint, states, sink, range(0, 1_000))
+            await checkpoint.commit_if_due()  # due by its rows; states are not due
+        await until(lambda: bool(kafka.commits))
+        assert journal == ["inserted account_scores,handled", "producer flushed", "inserted ", "changelog acme", "producer flushed", "committed 1000"]
+        assert AccountState.from_bytes(kafka.data[b"acme"]).events_total == 1_000
+        assert checkpoint.pending_events == 0 and not checkpoint.due()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_events_consumed_while_a_checkpoint_of_rows_is_in_flight_leave_the_states_to_their_interval(store):
+    async def scenario() -> None:
+        checkpoint, states, sink, kafka, journal = protocol(store, interval_s=3600, state_interval_s=3600)
+        async with checkpoint.lock:
+            consume(checkpoint, states, sink, range(0, 1_000))
+            await checkpoint.commit_if_due()  # its flush waits
+            consume(checkpoint, states, sink, range(1_000, 1_005))
+        kafka.flushes.set()
+        async with checkpoint.lock:
+            await checkpoint._finish_in_flight()
+        await asyncio.sleep(0.2)
+        assert journal == ["inserted account_scores,handled", "producer flushed"] and kafka.changelog == [] and kafka.commits == []
+        assert checkpoint.pending_events == 1_005
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
 def test_events_waiting_for_their_states_are_admitted_again_after_an_abandon(store):
     """A revocation that cannot finish: events whose states were never written come again
     (their rows already stored are the restart guard's case), those committed do not."""
