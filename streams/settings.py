@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     web_host: str = Field("127.0.0.1", description="worker web server bind address")
     web_port: int = Field(6066, ge=1, le=65535, description="worker web server port (/metrics, status)")
     batch_max_events: int = Field(5000, ge=1, description="most events an agent processes per batch")
-    checkpoint_max_rows: int = Field(20000, ge=1, description="checkpoint when this many rows are buffered")
+    checkpoint_max_rows: int = Field(40000, ge=1, description="checkpoint when this many rows are buffered")
     state_cache_accounts: int = Field(
         10_000, ge=1, description="account states kept in memory between checkpoints (~2 KiB each); the others are read from RocksDB when touched"
     )
