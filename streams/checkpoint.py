@@ -32,13 +32,14 @@ the states, as they would after a crash. States are also written when more of th
 than the state cache holds, when a checkpoint finds nothing newly consumed, as soon as
 a checkpoint of rows only ends with nothing consumed since its take (a drained backlog
 is committed at once, not an interval later), and on revocation and shutdown
-(``commit``). After a
-crash the events since the last state write come again: their event rows are skipped by
-the restart guard (by position), account rows and stage transitions are derived again
-exactly as they were (ReplacingMergeTree tables: one row each under FINAL). Exactly,
-because transitions depend only on each partition's forwarded messages, not on how they
-were fetched (streams.staging); before that, a replay could derive other transitions
-for events later than the allowed lateness than those already stored.
+(``commit``). At low rates that is most checkpoints, and it costs little: few states
+change. After a crash the events since the last state write come again: their event
+rows are skipped by the restart guard (by position), account rows and stage transitions
+are derived again exactly as they were (ReplacingMergeTree tables: one row each under
+FINAL). Exactly, because transitions depend only on each partition's forwarded
+messages, not on how they were fetched (streams.staging); before that, a replay could
+derive other transitions for events later than the allowed lateness than those already
+stored.
 
 A checkpoint that fails (a record the broker refused, a store that raised) stops the
 worker (``fail``): its batch's events were taken from memory, and a later checkpoint
