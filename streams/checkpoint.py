@@ -32,7 +32,7 @@ the states, as they would after a crash. States are also written when more of th
 than the state cache holds, when a checkpoint finds nothing newly consumed, as soon as
 a checkpoint of rows only ends with nothing consumed since its take (a drained backlog
 is committed at once, not an interval later), and on revocation and shutdown
-(``commit``). At low rates that is most checkpoints, and it costs little: few states
+(``commit``). At low rates that can be most checkpoints, and then few states
 change. After a crash the events since the last state write come again: their event
 rows are skipped by the restart guard (by position), account rows and stage transitions
 are derived again exactly as they were (ReplacingMergeTree tables: one row each under
