@@ -10,6 +10,7 @@ use lru::LruCache;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
+use crate::text::joined;
 use crate::{splice, FastPath, Scanned};
 
 /// Hosts whose registrable domain is cached; past it the cache starts afresh.
@@ -57,14 +58,6 @@ fn normalize_ascii_email(email: &str) -> Option<String> {
     Some(joined(&[local, "@", domain]))
 }
 
-/// The parts as one string (without format!'s machinery: this runs for every event).
-fn joined(parts: &[&str]) -> String {
-    let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for part in parts {
-        text.push_str(part);
-    }
-    text
-}
 
 /// zlib.crc32 of the account id modulo the partitions (processors.identity.account_partition).
 pub(crate) fn account_partition(account_id: &str, partitions: u32) -> u32 {

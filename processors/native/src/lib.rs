@@ -22,6 +22,7 @@ mod schedule;
 mod scoring;
 mod stages;
 mod state;
+mod text;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use crate::forwarded::Member;
 use crate::json::Json;
 use crate::state::{AccountState, AppliedEvent};
+use crate::text::joined;
 
 pub(crate) const DAY_MS: i64 = 86_400_000;
 const RETENTION_DAYS: i64 = 90;
@@ -102,11 +103,7 @@ pub(crate) fn apply_event(state: &mut AccountState, event: &AppliedEvent, config
     if weight > 0.0 {
         match (config.daily_caps.get(&event.kind), &contact) {
             (Some(&cap), Some(contact)) => {
-                let mut key = String::with_capacity(24 + event.kind.len() + contact.len());
-                key.push_str(itoa::Buffer::new().format(day));
-                for part in ["|", &event.kind, "|", contact] {
-                    key.push_str(part);
-                }
+                let key = joined(&[itoa::Buffer::new().format(day), "|", &event.kind, "|", contact]);
                 count_capped(state, key, cap, at, weight, config)
             }
             _ => add(state, weight, at, config),
