@@ -129,7 +129,7 @@ class Checkpoint:
         self.failure: BaseException | None = None  # set once; nothing is committed after it
         self._run_id = uuid.uuid4().hex  # this process's checkpoints: see _dedup_token
         self._in_flight: asyncio.Task[None] | None = None  # the checkpoint being made durable
-        self._drained: asyncio.Task[None] | None = None  # writes the states of a drained backlog
+        self._drained: asyncio.Task[None] | None = None  # writes a drained backlog's states (held: the loop keeps tasks weakly)
         self._started_at = self._states_taken_at = time.monotonic()
         self.lock = asyncio.Lock()  # agents hold it while they change pending work
         self._handing_over = asyncio.Event()  # a revocation waits for the lock: agents stop waiting
@@ -170,16 +170,19 @@ class Checkpoint:
 
     def _has_work(self) -> bool:
         # changed states alone too: fall-backs and held events the watermark settled
-        return bool(self._pending or self._pending_in_state or self._sink.pending_rows or self._states.changed)
+        return self._consumed_since_take() or bool(self._sink.pending_rows or self._states.changed)
 
     def _owes_states(self) -> bool:
         return bool(self._awaiting_states or self._states.unwritten)
+
+    def _consumed_since_take(self) -> bool:
+        return bool(self._pending or self._pending_in_state)
 
     def _states_due(self) -> bool:
         return (
             self._states.over_cache
             or time.monotonic() - self._states_taken_at >= self._state_interval_s
-            or not (self._pending or self._pending_in_state)  # nothing new: the backlog is drained
+            or not self._consumed_since_take()  # nothing new: the backlog is drained
         )
 
     def due(self) -> bool:
@@ -250,12 +253,12 @@ class Checkpoint:
         not wait for the next interval (~0.75-1.5 s, a tenth of a 300k backlog)."""
         if checkpoint.cancelled() or checkpoint.exception() is not None or self.closed or self.failure is not None:
             return
-        if not (self._pending or self._pending_in_state) and self._owes_states():
+        if not self._consumed_since_take() and self._owes_states():
             self._drained = asyncio.create_task(self._stopping_on_error(self._commit_drained()), name="drained checkpoint")
 
     async def _commit_drained(self) -> None:
         async with self.lock:
-            if not (self.closed or self._pending or self._pending_in_state) and self._owes_states():
+            if not (self.closed or self._consumed_since_take()) and self._owes_states():
                 await self._start(with_states=True)
 
     async def fail(self, reason: BaseException) -> None:
