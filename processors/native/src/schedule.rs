@@ -1,6 +1,7 @@
 //! Event time per partition, and the accounts due as it passes: the fall-back schedule
 //! as processors.watermarks.FallbackSchedule defines it (the definition, with the reasons).
 
+use indexmap::IndexMap;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
@@ -51,7 +52,7 @@ pub(crate) struct FallbackSchedule {
     lateness_ms: i64,
     capacity: usize,
     slack: usize,
-    pub(crate) by_partition: HashMap<u32, PartitionSchedule>,
+    pub(crate) by_partition: IndexMap<u32, PartitionSchedule>, // in the order reset names them, as the Python dict
 }
 
 /// When an account must next be settled: its earliest held event or its fall-back,
@@ -66,7 +67,7 @@ pub(crate) fn due(fallback_at_ms: i64, first_held_ms: i64) -> i64 {
 
 impl FallbackSchedule {
     pub(crate) fn new(lateness_ms: i64, capacity: usize) -> Self {
-        FallbackSchedule { lateness_ms, capacity: capacity.max(1), slack: (capacity / 4).max(1), by_partition: HashMap::new() }
+        FallbackSchedule { lateness_ms, capacity: capacity.max(1), slack: (capacity / 4).max(1), by_partition: IndexMap::new() }
     }
 
     pub(crate) fn len(&self) -> usize {
